@@ -1,0 +1,529 @@
+// One dual-stack UDP socket shared by every thread: a reader thread receives in batches with
+// recvmmsg(2) and any worker sends in batches with sendmmsg(2), all on the same descriptor.
+// Packet bytes stay in the caller's (SharedArrayBuffer) slots: the iovecs point straight at them.
+// Each UdpSocket object owns native scratch memory (mmsghdr array, iovecs, addresses, control
+// buffers) that is built once and reused, so one object belongs to one thread; other threads
+// wrap the same descriptor with `UdpSocket.attach(fd)`.
+import { SyscallError } from '../errors.ts';
+import {
+  AF_INET6, CMSGHDR_SIZE, EAGAIN, EINTR, IN6_PKTINFO_SIZE, IN_PKTINFO_SIZE, IOVEC_SIZE,
+  IPV6_PKTINFO, IPV6_RECVPKTINFO, IPV6_V6ONLY, IP_PKTINFO, MMSGHDR_LEN, MMSGHDR_SIZE, MSGHDR_CONTROL,
+  MSGHDR_CONTROLLEN, MSGHDR_FLAGS, MSGHDR_IOV, MSGHDR_IOVLEN, MSGHDR_NAME, MSGHDR_NAMELEN,
+  MSG_DONTWAIT, O_CLOEXEC, SOCKADDR_IN6_SIZE, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOL_IP, SOL_IPV6,
+  SOL_SOCKET, SO_RCVBUF, SO_RCVBUFFORCE, SO_SNDBUF, SO_SNDBUFFORCE, addressOf, closeFd, cmsgSpace,
+  errno, isRoot, libc, setIntOption, storePointer, storeSize, throwErrno,
+} from './libc.ts';
+
+/**
+ * Per-datagram metadata, 16 int32 words (64 bytes) per message, in caller-owned memory (it may
+ * live in a SharedArrayBuffer next to a ring). Addresses are raw network-order bytes.
+ *
+ * | word  | bytes  | receive                               | send                                  |
+ * |-------|--------|---------------------------------------|---------------------------------------|
+ * | 0     | 0–3    | datagram length                       | bytes to send from the view's start   |
+ * | 1     | 4–7    | msg_flags (MSG_TRUNC: slot too small) | 0 sent, else the errno of this message |
+ * | 2     | 8–11   | source family: 4 or 6                 | destination family: 4 or 6            |
+ * | 3     | 12–15  | source port                           | destination port                      |
+ * | 4–7   | 16–31  | source address (IPv4: bytes 16–19)    | destination address                   |
+ * | 8     | 32–35  | local family 4/6 (0: no pktinfo)      | source family 4/6, 0: kernel chooses  |
+ * | 9     | 36–39  | ifindex the datagram arrived on       | outgoing ifindex for the source, 0 any |
+ * | 10–13 | 40–55  | local (destination) address           | source address                        |
+ * | 14    | 56–59  | source IPv6 scope id                  | destination IPv6 scope id             |
+ * | 15    | 60–63  | unused                                | unused                                |
+ *
+ * IPv4 addresses are never shown v4-mapped: family 4 and four bytes, the rest zero.
+ */
+export const META_WORDS = 16;
+export const META_BYTES = META_WORDS * 4;
+export const META_LENGTH = 0;
+export const META_STATUS = 1;
+export const META_REMOTE_FAMILY = 2;
+export const META_REMOTE_PORT = 3;
+export const META_REMOTE_ADDRESS_BYTE = 16;
+export const META_LOCAL_FAMILY = 8;
+export const META_LOCAL_IFINDEX = 9;
+export const META_LOCAL_ADDRESS_BYTE = 40;
+export const META_REMOTE_SCOPE = 14;
+
+export type IpFamily = 4 | 6;
+
+/** Typed views over a metadata table (see the layout above). */
+export class DatagramMeta {
+  readonly capacity: number;
+  readonly words: Int32Array;
+  readonly bytes: Uint8Array;
+
+  constructor(capacity: number, buffer?: ArrayBufferLike, byteOffset = 0) {
+    if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError(`udp: meta capacity ${capacity}`);
+    const memory = buffer ?? new ArrayBuffer(capacity * META_BYTES);
+    this.capacity = capacity;
+    this.words = new Int32Array(memory, byteOffset, capacity * META_WORDS);
+    this.bytes = new Uint8Array(memory, byteOffset, capacity * META_BYTES);
+  }
+
+  length(i: number): number { return this.words[i * META_WORDS + META_LENGTH] ?? 0; }
+  status(i: number): number { return this.words[i * META_WORDS + META_STATUS] ?? 0; }
+  remoteFamily(i: number): number { return this.words[i * META_WORDS + META_REMOTE_FAMILY] ?? 0; }
+  remotePort(i: number): number { return this.words[i * META_WORDS + META_REMOTE_PORT] ?? 0; }
+  localFamily(i: number): number { return this.words[i * META_WORDS + META_LOCAL_FAMILY] ?? 0; }
+  localIfindex(i: number): number { return this.words[i * META_WORDS + META_LOCAL_IFINDEX] ?? 0; }
+
+  setLength(i: number, length: number): void { this.words[i * META_WORDS + META_LENGTH] = length; }
+
+  /** Sets the destination of message i (send) from 4 or 16 address bytes. */
+  setRemote(i: number, family: IpFamily, address: Uint8Array, port: number, scopeId = 0): void {
+    const w = i * META_WORDS;
+    this.words[w + META_REMOTE_FAMILY] = family;
+    this.words[w + META_REMOTE_PORT] = port;
+    this.words[w + META_REMOTE_SCOPE] = scopeId;
+    copyAddress(address, family, this.bytes, i * META_BYTES + META_REMOTE_ADDRESS_BYTE);
+  }
+
+  /** Sets the source address (and outgoing ifindex, 0 for any) that message i must leave from. */
+  setLocal(i: number, family: IpFamily, address: Uint8Array, ifindex = 0): void {
+    const w = i * META_WORDS;
+    this.words[w + META_LOCAL_FAMILY] = family;
+    this.words[w + META_LOCAL_IFINDEX] = ifindex;
+    copyAddress(address, family, this.bytes, i * META_BYTES + META_LOCAL_ADDRESS_BYTE);
+  }
+
+  /** Lets the kernel choose the source address of message i (after EINVAL/EADDRNOTAVAIL). */
+  clearLocal(i: number): void {
+    this.words[i * META_WORDS + META_LOCAL_FAMILY] = 0;
+    this.words[i * META_WORDS + META_LOCAL_IFINDEX] = 0;
+  }
+
+  /** Copies the received source of message i into message j of `to` as a send destination. */
+  copyRemoteTo(i: number, to: DatagramMeta, j: number): void {
+    to.words.set(this.words.subarray(i * META_WORDS + META_REMOTE_FAMILY, i * META_WORDS + 8), j * META_WORDS + META_REMOTE_FAMILY);
+    to.words[j * META_WORDS + META_REMOTE_SCOPE] = this.words[i * META_WORDS + META_REMOTE_SCOPE] ?? 0;
+  }
+
+  /** "1.2.3.4:5" or "[::1]:5" for logs and tests (allocates). */
+  remoteToString(i: number): string {
+    return `${formatAddress(this.remoteFamily(i), this.bytes, i * META_BYTES + META_REMOTE_ADDRESS_BYTE, this.remotePort(i))}`;
+  }
+
+  /** The local address of message i as "1.2.3.4" or "::1", or "" without pktinfo (allocates). */
+  localToString(i: number): string {
+    const family = this.localFamily(i);
+    return family === 0 ? '' : formatAddress(family, this.bytes, i * META_BYTES + META_LOCAL_ADDRESS_BYTE);
+  }
+}
+
+function copyAddress(address: Uint8Array, family: IpFamily, to: Uint8Array, at: number): void {
+  const size = family === 4 ? 4 : 16;
+  if (address.length !== size) throw new RangeError(`udp: IPv${family} address must be ${size} bytes, got ${address.length}`);
+  to.fill(0, at, at + 16);
+  to.set(address, at);
+}
+
+/** Formats an address held as raw bytes (allocates; for logs and tests). */
+export function formatAddress(family: number, bytes: Uint8Array, at: number, port?: number): string {
+  let text: string;
+  if (family === 4) {
+    text = `${bytes[at]}.${bytes[at + 1]}.${bytes[at + 2]}.${bytes[at + 3]}`;
+    return port === undefined ? text : `${text}:${port}`;
+  }
+  const groups: string[] = [];
+  for (let g = 0; g < 8; g++) groups.push((((bytes[at + 2 * g] ?? 0) << 8) | (bytes[at + 2 * g + 1] ?? 0)).toString(16));
+  // Compress the longest run of zero groups (RFC 5952 §4.2).
+  let bestStart = -1;
+  let bestLength = 1;
+  for (let g = 0; g < 8;) {
+    if (groups[g] !== '0') { g++; continue; }
+    let end = g;
+    while (end < 8 && groups[end] === '0') end++;
+    if (end - g > bestLength) { bestStart = g; bestLength = end - g; }
+    g = end;
+  }
+  text = bestStart < 0
+    ? groups.join(':')
+    : `${groups.slice(0, bestStart).join(':')}::${groups.slice(bestStart + bestLength).join(':')}`;
+  return port === undefined ? text : `[${text}]:${port}`;
+}
+
+/** Parses a literal IPv4 or IPv6 address (no zone) into bytes; for configuration and tests. */
+export function parseAddress(text: string): { family: IpFamily; bytes: Uint8Array } {
+  const v4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(text);
+  if (v4) {
+    const bytes = new Uint8Array(4);
+    for (let k = 0; k < 4; k++) {
+      const octet = Number(v4[k + 1]);
+      if (octet > 255) throw new RangeError(`udp: bad IPv4 address '${text}'`);
+      bytes[k] = octet;
+    }
+    return { family: 4, bytes };
+  }
+  const halves = text.split('::');
+  if (halves.length > 2 || !/^[0-9a-fA-F:]+$/.test(text)) throw new RangeError(`udp: bad IPv6 address '${text}'`);
+  const head = halves[0] ? halves[0].split(':') : [];
+  const tail = halves.length === 2 && halves[1] ? halves[1].split(':') : [];
+  const missing = 8 - head.length - tail.length;
+  if ((halves.length === 1 && missing !== 0) || (halves.length === 2 && missing < 1)) {
+    throw new RangeError(`udp: bad IPv6 address '${text}'`);
+  }
+  const groups = [...head, ...new Array<string>(halves.length === 2 ? missing : 0).fill('0'), ...tail];
+  const bytes = new Uint8Array(16);
+  groups.forEach((group, g) => {
+    if (!/^[0-9a-fA-F]{1,4}$/.test(group)) throw new RangeError(`udp: bad IPv6 address '${text}'`);
+    const value = parseInt(group, 16);
+    bytes[2 * g] = value >> 8;
+    bytes[2 * g + 1] = value & 0xff;
+  });
+  return { family: 6, bytes };
+}
+
+/** wireguard-go asks for 7 MiB socket buffers (conn/controlfns_linux.go). */
+export const DEFAULT_SOCKET_BUFFER_BYTES = 7 << 20;
+export const DEFAULT_BATCH_SIZE = 64;
+/** Room for IP_PKTINFO and IPV6_PKTINFO together (a v4 datagram on a dual-stack socket gets both). */
+const CONTROL_BYTES = 128;
+const NAME_STRIDE = 32; // sockaddr_in6 (28) rounded to 8
+
+export interface UdpSocketOptions {
+  /** Messages per recvBatch/sendBatch call this object can handle (native scratch size). */
+  readonly batchSize?: number;
+  /** SO_RCVBUF/SO_SNDBUF request (the *FORCE variants when root). */
+  readonly bufferBytes?: number;
+}
+
+function isV4Mapped(bytes: Uint8Array, at: number): boolean {
+  for (let k = 0; k < 10; k++) if (bytes[at + k] !== 0) return false;
+  return bytes[at + 10] === 0xff && bytes[at + 11] === 0xff;
+}
+
+function openBoundSocket(port: number, bufferBytes: number): number {
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new RangeError(`udp: bad port ${port}`);
+  const fd = libc.socket(AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) throwErrno('socket', 'AF_INET6 UDP');
+  try {
+    // One socket for both families: IPv4 peers appear as ::ffff:a.b.c.d (RFC 4291 §2.5.5.2).
+    setIntOption(fd, SOL_IPV6, IPV6_V6ONLY, 0, 'IPV6_V6ONLY');
+    // Both pktinfo kinds, so each datagram names the local address it arrived on and a reply can
+    // be sent from that same address (wireguard-go's sticky source, conn/sticky_linux.go).
+    setIntOption(fd, SOL_IP, IP_PKTINFO, 1, 'IP_PKTINFO');
+    setIntOption(fd, SOL_IPV6, IPV6_RECVPKTINFO, 1, 'IPV6_RECVPKTINFO');
+    setBufferSizes(fd, bufferBytes);
+    const address = new Uint8Array(SOCKADDR_IN6_SIZE);
+    new DataView(address.buffer).setUint16(0, AF_INET6, true);
+    new DataView(address.buffer).setUint16(2, port, false);
+    if (libc.bind(fd, address, SOCKADDR_IN6_SIZE) < 0) throwErrno('bind', `[::]:${port}`);
+    return fd;
+  } catch (error) {
+    libc.close(fd);
+    throw error;
+  }
+}
+
+function setBufferSizes(fd: number, bytes: number): void {
+  const root = isRoot();
+  for (const [force, plain, name] of [[SO_RCVBUFFORCE, SO_RCVBUF, 'SO_RCVBUF'], [SO_SNDBUFFORCE, SO_SNDBUF, 'SO_SNDBUF']] as const) {
+    // The FORCE variants pass net.core.[rw]mem_max; without CAP_NET_ADMIN the plain option is
+    // capped silently, which is still the best an unprivileged process can get.
+    if (root) {
+      try { setIntOption(fd, SOL_SOCKET, force, bytes, `${name}FORCE`); continue; } catch { /* fall back below */ }
+    }
+    setIntOption(fd, SOL_SOCKET, plain, bytes, name);
+  }
+}
+
+export function boundPort(fd: number): number {
+  const address = new Uint8Array(SOCKADDR_IN6_SIZE);
+  const length = new Uint32Array([SOCKADDR_IN6_SIZE]);
+  if (libc.getsockname(fd, address, length) < 0) throwErrno('getsockname');
+  return new DataView(address.buffer).getUint16(2, false);
+}
+
+export class UdpSocket {
+  readonly fd: number;
+  readonly batchSize: number;
+  private readonly owned: boolean;
+  private readonly bufferBytes: number;
+  private readonly scratch: ArrayBuffer;
+  private readonly scratchView: DataView;
+  private readonly scratchBytes: Uint8Array;
+  private readonly scratchAddress: number;
+  private readonly iovOffset: number;
+  private readonly nameOffset: number;
+  private readonly controlOffset: number;
+  private closed = false;
+
+  private constructor(fd: number, owned: boolean, options: UdpSocketOptions) {
+    const batchSize = options.batchSize ?? DEFAULT_BATCH_SIZE;
+    if (!Number.isInteger(batchSize) || batchSize < 1 || batchSize > 1024) throw new RangeError(`udp: batchSize ${batchSize}`);
+    this.fd = fd;
+    this.owned = owned;
+    this.batchSize = batchSize;
+    this.bufferBytes = options.bufferBytes ?? DEFAULT_SOCKET_BUFFER_BYTES;
+    // Layout: mmsghdr[n] | iovec[n] | sockaddr_in6[n] | control[n]. A plain ArrayBuffer: its
+    // store never moves, and the GC frees it with this object.
+    this.iovOffset = batchSize * MMSGHDR_SIZE;
+    this.nameOffset = this.iovOffset + batchSize * IOVEC_SIZE;
+    this.controlOffset = this.nameOffset + batchSize * NAME_STRIDE;
+    this.scratch = new ArrayBuffer(this.controlOffset + batchSize * CONTROL_BYTES);
+    this.scratchView = new DataView(this.scratch);
+    this.scratchBytes = new Uint8Array(this.scratch);
+    this.scratchAddress = addressOf(this.scratchBytes);
+    // The pointers between the scratch structs never change: wire them once.
+    for (let i = 0; i < batchSize; i++) {
+      const h = i * MMSGHDR_SIZE;
+      storePointer(this.scratchView, h + MSGHDR_NAME, this.scratchAddress + this.nameOffset + i * NAME_STRIDE);
+      storePointer(this.scratchView, h + MSGHDR_IOV, this.scratchAddress + this.iovOffset + i * IOVEC_SIZE);
+      storeSize(this.scratchView, h + MSGHDR_IOVLEN, 1);
+    }
+  }
+
+  /** Opens the dual-stack socket on [::]:port (0: any free port; see `port()`). */
+  static open(port: number, options: UdpSocketOptions = {}): UdpSocket {
+    const bufferBytes = options.bufferBytes ?? DEFAULT_SOCKET_BUFFER_BYTES;
+    return new UdpSocket(openBoundSocket(port, bufferBytes), true, options);
+  }
+
+  /** Wraps a descriptor opened by another thread (not closed by this object's close()). */
+  static attach(fd: number, options: UdpSocketOptions = {}): UdpSocket {
+    if (!Number.isInteger(fd) || fd < 0) throw new RangeError(`udp: bad fd ${fd}`);
+    return new UdpSocket(fd, false, options);
+  }
+
+  /** The port the socket is bound to now (asks the kernel, so it follows rebind from any thread). */
+  port(): number {
+    return boundPort(this.fd);
+  }
+
+  /**
+   * Receives up to min(views.length, meta.capacity, batchSize) datagrams, one per view (each view
+   * a whole slot), and fills `meta` (layout above). Returns the count; 0 when nothing is waiting.
+   * A datagram longer than its view is cut and flagged with MSG_TRUNC in its status word.
+   */
+  recvBatch(views: readonly Uint8Array[], meta: DatagramMeta): number {
+    const n = Math.min(views.length, meta.capacity, this.batchSize);
+    const s = this.scratchView;
+    for (let i = 0; i < n; i++) {
+      const view = views[i] as Uint8Array;
+      const h = i * MMSGHDR_SIZE;
+      const iov = this.iovOffset + i * IOVEC_SIZE;
+      storePointer(s, iov, addressOf(view));
+      storeSize(s, iov + 8, view.byteLength);
+      s.setUint32(h + MSGHDR_NAMELEN, SOCKADDR_IN6_SIZE, true);
+      storePointer(s, h + MSGHDR_CONTROL, this.scratchAddress + this.controlOffset + i * CONTROL_BYTES);
+      storeSize(s, h + MSGHDR_CONTROLLEN, CONTROL_BYTES);
+      s.setUint32(h + MSGHDR_FLAGS, 0, true);
+    }
+    let received: number;
+    do {
+      received = libc.recvmmsg(this.fd, this.scratchAddress, n, MSG_DONTWAIT, null);
+    } while (received < 0 && errno() === EINTR);
+    if (received < 0) {
+      if (errno() === EAGAIN) return 0;
+      throwErrno('recvmmsg');
+    }
+    for (let i = 0; i < received; i++) this.decodeReceived(i, meta);
+    return received;
+  }
+
+  private decodeReceived(i: number, meta: DatagramMeta): void {
+    const s = this.scratchView;
+    const b = this.scratchBytes;
+    const h = i * MMSGHDR_SIZE;
+    const w = i * META_WORDS;
+    const out = meta.bytes;
+    const words = meta.words;
+    words[w + META_LENGTH] = s.getUint32(h + MMSGHDR_LEN, true);
+    words[w + META_STATUS] = s.getInt32(h + MSGHDR_FLAGS, true);
+
+    // Source: always a sockaddr_in6 on this AF_INET6 socket; IPv4 peers arrive v4-mapped.
+    const name = this.nameOffset + i * NAME_STRIDE;
+    const remote = i * META_BYTES + META_REMOTE_ADDRESS_BYTE;
+    words[w + META_REMOTE_PORT] = s.getUint16(name + 2, false);
+    words[w + META_REMOTE_SCOPE] = s.getInt32(name + 24, true);
+    if (isV4Mapped(b, name + 8)) {
+      words[w + META_REMOTE_FAMILY] = 4;
+      for (let k = 0; k < 4; k++) out[remote + k] = b[name + 20 + k] ?? 0;
+      out.fill(0, remote + 4, remote + 16);
+    } else {
+      words[w + META_REMOTE_FAMILY] = 6;
+      for (let k = 0; k < 16; k++) out[remote + k] = b[name + 8 + k] ?? 0;
+    }
+
+    // Local address from the control messages. A v4 datagram carries IP_PKTINFO and also an
+    // IPV6_PKTINFO with the v4-mapped address; the first one found wins, they agree.
+    words[w + META_LOCAL_FAMILY] = 0;
+    words[w + META_LOCAL_IFINDEX] = 0;
+    const local = i * META_BYTES + META_LOCAL_ADDRESS_BYTE;
+    const control = this.controlOffset + i * CONTROL_BYTES;
+    const controlEnd = control + Math.min(s.getUint32(h + MSGHDR_CONTROLLEN, true), CONTROL_BYTES);
+    for (let c = control; c + CMSGHDR_SIZE <= controlEnd;) {
+      const cmsgLength = s.getUint32(c, true);
+      if (cmsgLength < CMSGHDR_SIZE || c + cmsgLength > controlEnd) break;
+      const level = s.getInt32(c + 8, true);
+      const type = s.getInt32(c + 12, true);
+      const data = c + CMSGHDR_SIZE;
+      if (level === SOL_IP && type === IP_PKTINFO && cmsgLength >= CMSGHDR_SIZE + IN_PKTINFO_SIZE) {
+        // ipi_spec_dst is the local address to answer from (ip(7)), like wireguard-go uses.
+        words[w + META_LOCAL_FAMILY] = 4;
+        words[w + META_LOCAL_IFINDEX] = s.getInt32(data, true);
+        for (let k = 0; k < 4; k++) out[local + k] = b[data + 4 + k] ?? 0;
+        out.fill(0, local + 4, local + 16);
+        break;
+      }
+      if (level === SOL_IPV6 && type === IPV6_PKTINFO && cmsgLength >= CMSGHDR_SIZE + IN6_PKTINFO_SIZE) {
+        words[w + META_LOCAL_IFINDEX] = s.getInt32(data + 16, true);
+        if (isV4Mapped(b, data)) {
+          words[w + META_LOCAL_FAMILY] = 4;
+          for (let k = 0; k < 4; k++) out[local + k] = b[data + 12 + k] ?? 0;
+          out.fill(0, local + 4, local + 16);
+        } else {
+          words[w + META_LOCAL_FAMILY] = 6;
+          for (let k = 0; k < 16; k++) out[local + k] = b[data + k] ?? 0;
+        }
+        break;
+      }
+      c += (cmsgLength + 7) & ~7;
+    }
+  }
+
+  /** Fills scratch message `slot` from `view` and meta entry i for sending. */
+  private encodeSend(slot: number, view: Uint8Array, meta: DatagramMeta, i: number): void {
+    const s = this.scratchView;
+    const b = this.scratchBytes;
+    const h = slot * MMSGHDR_SIZE;
+    const w = i * META_WORDS;
+    const words = meta.words;
+    const bytes = meta.bytes;
+    const length = words[w + META_LENGTH] ?? 0;
+    if (length < 0 || length > view.byteLength) throw new RangeError(`udp: message ${i} length ${length} exceeds its view (${view.byteLength})`);
+    const iov = this.iovOffset + slot * IOVEC_SIZE;
+    storePointer(s, iov, addressOf(view));
+    storeSize(s, iov + 8, length);
+
+    const name = this.nameOffset + slot * NAME_STRIDE;
+    const remote = i * META_BYTES + META_REMOTE_ADDRESS_BYTE;
+    const remoteFamily = words[w + META_REMOTE_FAMILY];
+    s.setUint16(name, AF_INET6, true);
+    s.setUint16(name + 2, words[w + META_REMOTE_PORT] ?? 0, false);
+    s.setUint32(name + 4, 0, true);
+    if (remoteFamily === 4) {
+      b.fill(0, name + 8, name + 18);
+      b[name + 18] = 0xff;
+      b[name + 19] = 0xff;
+      for (let k = 0; k < 4; k++) b[name + 20 + k] = bytes[remote + k] ?? 0;
+      s.setUint32(name + 24, 0, true);
+    } else if (remoteFamily === 6) {
+      for (let k = 0; k < 16; k++) b[name + 8 + k] = bytes[remote + k] ?? 0;
+      s.setInt32(name + 24, words[w + META_REMOTE_SCOPE] ?? 0, true);
+    } else {
+      throw new RangeError(`udp: message ${i} has destination family ${remoteFamily}`);
+    }
+    s.setUint32(h + MSGHDR_NAMELEN, SOCKADDR_IN6_SIZE, true);
+    s.setUint32(h + MSGHDR_FLAGS, 0, true);
+
+    // Optional source address: IP_PKTINFO (ipi_spec_dst) for v4, IPV6_PKTINFO for v6.
+    const localFamily = words[w + META_LOCAL_FAMILY];
+    const control = this.controlOffset + slot * CONTROL_BYTES;
+    const local = i * META_BYTES + META_LOCAL_ADDRESS_BYTE;
+    const ifindex = words[w + META_LOCAL_IFINDEX] ?? 0;
+    if (localFamily === 0) {
+      storePointer(s, h + MSGHDR_CONTROL, 0);
+      storeSize(s, h + MSGHDR_CONTROLLEN, 0);
+      return;
+    }
+    const data = control + CMSGHDR_SIZE;
+    if (localFamily === 4) {
+      storeSize(s, control, CMSGHDR_SIZE + IN_PKTINFO_SIZE);
+      s.setInt32(control + 8, SOL_IP, true);
+      s.setInt32(control + 12, IP_PKTINFO, true);
+      s.setInt32(data, ifindex, true);
+      for (let k = 0; k < 4; k++) b[data + 4 + k] = bytes[local + k] ?? 0;
+      s.setUint32(data + 8, 0, true);
+      storeSize(s, h + MSGHDR_CONTROLLEN, cmsgSpace(IN_PKTINFO_SIZE));
+    } else if (localFamily === 6) {
+      storeSize(s, control, CMSGHDR_SIZE + IN6_PKTINFO_SIZE);
+      s.setInt32(control + 8, SOL_IPV6, true);
+      s.setInt32(control + 12, IPV6_PKTINFO, true);
+      for (let k = 0; k < 16; k++) b[data + k] = bytes[local + k] ?? 0;
+      s.setInt32(data + 16, ifindex, true);
+      b.fill(0, data + 20, data + 24); // CMSG_SPACE padding
+      storeSize(s, h + MSGHDR_CONTROLLEN, cmsgSpace(IN6_PKTINFO_SIZE));
+    } else {
+      throw new RangeError(`udp: message ${i} has source family ${localFamily}`);
+    }
+    storePointer(s, h + MSGHDR_CONTROL, this.scratchAddress + control);
+  }
+
+  /**
+   * Sends messages 0..count-1: views[i] (a whole slot) holds the bytes, meta entry i says how many
+   * and where (layout above). Returns how many messages were dealt with, in order: each of them
+   * either went out (status 0) or failed alone (status = its errno, e.g. EADDRNOTAVAIL or EINVAL
+   * when its source address is gone: clear it with `meta.clearLocal(i)` and send again, as
+   * wireguard-go does). Messages from the returned index on were not tried because the socket
+   * buffer is full (EAGAIN): wait or drop them.
+   */
+  sendBatch(views: readonly Uint8Array[], meta: DatagramMeta, count: number): number {
+    if (count > this.batchSize || count > meta.capacity || count > views.length) {
+      throw new RangeError(`udp: sendBatch of ${count} exceeds batchSize ${this.batchSize}, meta or views`);
+    }
+    for (let i = 0; i < count; i++) this.encodeSend(i, views[i] as Uint8Array, meta, i);
+    let done = 0;
+    while (done < count) {
+      const sent = libc.sendmmsg(this.fd, this.scratchAddress + done * MMSGHDR_SIZE, count - done, MSG_DONTWAIT);
+      if (sent > 0) {
+        for (let k = done; k < done + sent; k++) meta.words[k * META_WORDS + META_STATUS] = 0;
+        done += sent;
+        continue;
+      }
+      const code = errno();
+      if (code === EINTR) continue;
+      if (code === EAGAIN) break;
+      // sendmmsg reports an error only for the first message of the call: that one failed alone.
+      meta.words[done * META_WORDS + META_STATUS] = code;
+      done++;
+    }
+    return done;
+  }
+
+  /**
+   * Sends one message with sendmsg(2): meta entry `index` and `view`, same rules as sendBatch.
+   * Returns 1 when dealt with (see its status word), 0 when the socket buffer is full.
+   */
+  sendOne(view: Uint8Array, meta: DatagramMeta, index: number): number {
+    if (index >= meta.capacity) throw new RangeError(`udp: meta index ${index}`);
+    this.encodeSend(0, view, meta, index);
+    for (;;) {
+      if (libc.sendmsg(this.fd, this.scratchAddress, MSG_DONTWAIT) >= 0) {
+        meta.words[index * META_WORDS + META_STATUS] = 0;
+        return 1;
+      }
+      const code = errno();
+      if (code === EINTR) continue;
+      if (code === EAGAIN) return 0;
+      meta.words[index * META_WORDS + META_STATUS] = code;
+      return 1;
+    }
+  }
+
+  /**
+   * Moves the socket to another port at run time (listen-port change). The new socket is bound
+   * first and then installed on the same descriptor number with dup3(2), so every thread's
+   * `fd` stays valid and a failed bind leaves the old socket untouched. Datagrams queued on the
+   * old socket are dropped with it. Returns the bound port.
+   */
+  rebind(port: number): number {
+    if (this.closed) throw new SyscallError('rebind', 9, 'socket closed');
+    if (port !== 0 && port === this.port()) return port;
+    const replacement = openBoundSocket(port, this.bufferBytes);
+    try {
+      if (libc.dup3(replacement, this.fd, O_CLOEXEC) < 0) throwErrno('dup3');
+    } finally {
+      libc.close(replacement);
+    }
+    return this.port();
+  }
+
+  /** Closes the descriptor if this object opened it; an attached wrapper just stops. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.owned) closeFd(this.fd);
+  }
+}
