@@ -1,0 +1,122 @@
+// A consumer's doorbell (layout.ts, "Doorbell"): how a consumer thread sleeps when its rings are
+// empty and how producers wake it, at no cost to producers while the consumer is busy.
+//
+// The protocol (a Dekker-style handshake over sequentially consistent Atomics):
+//   consumer: sleeping := 1; look at the rings once more; if still empty, Atomics.wait(counter, c)
+//             where c was read after raising `sleeping`; sleeping := 0.
+//   producer: publish into a ring; if sleeping = 1 then counter += 1 and Atomics.notify.
+// Either the consumer's second look sees the producer's publication, or the producer's load sees
+// `sleeping` = 1 and bumps the counter after the consumer read it, in which case Atomics.wait
+// returns at once (value changed) or is woken by the notify. No wake-up is lost, and a consumer that
+// never sleeps costs its producers one shared load per ring() and no syscall.
+//
+// A producer rings once per batch it publishes, not once per entry.
+
+import { DOORBELL_COUNTER_WORD, DOORBELL_SIZE, DOORBELL_SLEEPING_WORD } from './layout.ts';
+
+/** How a wait ended: work was seen without sleeping, a producer rang, or the timeout passed. */
+export type WakeReason = 'work' | 'rung' | 'timed-out';
+
+/** Checks between sleeping and waking; cheap enough to cover a producer's next batch (~1–3 µs). */
+export const DEFAULT_SPIN_ITERATIONS = 256;
+
+export class Doorbell {
+  readonly buffer: SharedArrayBuffer;
+  readonly #words: Int32Array;
+
+  /** Views over an existing doorbell buffer (possibly created in another thread). */
+  constructor(buffer: SharedArrayBuffer) {
+    if (buffer.byteLength !== DOORBELL_SIZE) {
+      throw new RangeError(`doorbell: a buffer of ${buffer.byteLength} bytes is not a doorbell`);
+    }
+    this.buffer = buffer;
+    this.#words = new Int32Array(buffer);
+  }
+
+  static create(): Doorbell {
+    return new Doorbell(new SharedArrayBuffer(DOORBELL_SIZE));
+  }
+
+  /** Producer, after publishing into one of the consumer's rings: wake the consumer if it sleeps. */
+  ring(): void {
+    if (Atomics.load(this.#words, DOORBELL_SLEEPING_WORD) !== 0) {
+      Atomics.add(this.#words, DOORBELL_COUNTER_WORD, 1);
+      Atomics.notify(this.#words, DOORBELL_COUNTER_WORD, 1);
+    }
+  }
+
+  /** How many times a producer found the consumer asleep and rang (wraps at 2^32). */
+  get rings(): number {
+    return Atomics.load(this.#words, DOORBELL_COUNTER_WORD);
+  }
+
+  /** True while the consumer has announced that it is (about to be) waiting. */
+  get sleeping(): boolean {
+    return Atomics.load(this.#words, DOORBELL_SLEEPING_WORD) !== 0;
+  }
+
+  /**
+   * Consumer only: raise `sleeping` and return the counter to wait on. The caller must look at its
+   * rings once more after this and call `wake()` if it finds work instead of waiting.
+   */
+  announceSleep(): number {
+    Atomics.store(this.#words, DOORBELL_SLEEPING_WORD, 1);
+    return Atomics.load(this.#words, DOORBELL_COUNTER_WORD);
+  }
+
+  /** Consumer only: lower `sleeping` (it runs again; producers stop notifying). */
+  wake(): void {
+    Atomics.store(this.#words, DOORBELL_SLEEPING_WORD, 0);
+  }
+
+  /** The counter view, for Atomics.wait/waitAsync by the waiting helpers below. */
+  get counterView(): Int32Array {
+    return this.#words;
+  }
+}
+
+/**
+ * Consumer thread (a Worker: Atomics.wait blocks the calling thread). Call when a drain of every
+ * ring found nothing. Spins up to `spinIterations` calls of `hasWork`, then sleeps until a producer
+ * rings or `timeoutMs` passes. `hasWork` must report whether any of the consumer's rings holds an
+ * entry (e.g. `() => !a.isEmpty() || !b.isEmpty()`, built once, not per call).
+ */
+export function waitForWork(
+  doorbell: Doorbell,
+  timeoutMs: number,
+  hasWork: () => boolean,
+  spinIterations: number = DEFAULT_SPIN_ITERATIONS,
+): WakeReason {
+  for (let i = 0; i < spinIterations; i++) {
+    if (hasWork()) return 'work';
+  }
+  const seen = doorbell.announceSleep();
+  if (hasWork()) {
+    doorbell.wake();
+    return 'work';
+  }
+  const result = Atomics.wait(doorbell.counterView, DOORBELL_COUNTER_WORD, seen, timeoutMs);
+  doorbell.wake();
+  return result === 'timed-out' ? 'timed-out' : 'rung';
+}
+
+/**
+ * The same without blocking, for the control (main) thread, which must never block: it does not
+ * spin and resolves when a producer rings or `timeoutMs` passes. At most one wait per doorbell may
+ * be pending. A pending Atomics.waitAsync does not keep Node's event loop alive by itself.
+ */
+export async function waitForWorkAsync(
+  doorbell: Doorbell,
+  timeoutMs: number,
+  hasWork: () => boolean,
+): Promise<WakeReason> {
+  const seen = doorbell.announceSleep();
+  if (hasWork()) {
+    doorbell.wake();
+    return 'work';
+  }
+  const waiting = Atomics.waitAsync(doorbell.counterView, DOORBELL_COUNTER_WORD, seen, timeoutMs);
+  const result = waiting.async ? await waiting.value : waiting.value;
+  doorbell.wake();
+  return result === 'timed-out' ? 'timed-out' : 'rung';
+}
