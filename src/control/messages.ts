@@ -1,0 +1,36 @@
+// Messages between the control thread and the packet threads, typed once. Only configuration and
+// key material travel this way (postMessage); packet bytes never do — they move through the rings.
+import type { Endpoint } from '../wireguard/endpoint.ts';
+import type { KeypairMaterial } from '../wireguard/session.ts';
+
+/** A change to the cryptokey routing table (whitepaper §2), mirrored in every packet thread. */
+export type RouteChange =
+  | { readonly op: 'insert'; readonly bytes: Uint8Array; readonly prefixLength: number; readonly peer: number }
+  | { readonly op: 'remove'; readonly bytes: Uint8Array; readonly prefixLength: number; readonly peer: number }
+  | { readonly op: 'removePeer'; readonly peer: number };
+
+/** Control thread → a worker (peer commands go to the worker owning the peer). */
+export type WorkerCommand =
+  | { readonly kind: 'addPeer'; readonly peer: number }
+  | { readonly kind: 'removePeer'; readonly peer: number }
+  | { readonly kind: 'routes'; readonly changes: readonly RouteChange[] }
+  | { readonly kind: 'endpoint'; readonly peer: number; readonly endpoint: Endpoint }
+  | { readonly kind: 'installKeypair'; readonly peer: number; readonly keypair: KeypairMaterial }
+  | { readonly kind: 'sendKeepalive'; readonly peer: number }
+  | { readonly kind: 'clearStaged'; readonly peer: number }
+  | { readonly kind: 'zeroKeys'; readonly peer: number }
+  | { readonly kind: 'mtu'; readonly mtu: number }
+  | { readonly kind: 'stop' };
+
+/** Control thread → a reader thread. */
+export type ReaderCommand =
+  | { readonly kind: 'routes'; readonly changes: readonly RouteChange[] }
+  | { readonly kind: 'stop' };
+
+/** A packet thread → the control thread. */
+export type ControlNotice =
+  | { readonly kind: 'requestHandshake'; readonly peer: number }
+  | { readonly kind: 'endpoint'; readonly peer: number; readonly endpoint: Endpoint }
+  | { readonly kind: 'drops'; readonly thread: string; readonly counts: Readonly<Record<string, number>> }
+  | { readonly kind: 'ready'; readonly thread: string }
+  | { readonly kind: 'fatal'; readonly thread: string; readonly message: string };

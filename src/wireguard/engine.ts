@@ -1,0 +1,503 @@
+// The control thread's WireGuard core (sans-IO): the device identity, every peer's handshake state,
+// cookies and timers. It consumes handshake datagrams (types 1–3), counter observations from the
+// workers and timer deadlines, and produces datagrams to send (`pollTransmit`) and commands for the
+// worker that owns each peer (`pollEvent`). Transport data never passes through here.
+// Whitepaper §5.4 (messages), §5.4.7 and §5.3 (cookies under load), §6 (timers).
+import {
+  HANDSHAKE_INITIATION_RATE_MS,
+  MESSAGE_COOKIE_REPLY,
+  MESSAGE_COOKIE_REPLY_SIZE,
+  MESSAGE_INITIATION,
+  MESSAGE_INITIATION_SIZE,
+  MESSAGE_RESPONSE,
+  MESSAGE_RESPONSE_SIZE,
+  REKEY_TIMEOUT_MS,
+} from './constants.ts';
+import { CookieChecker, CookieGenerator } from './cookie.ts';
+import { endpointCookieSource, endpointsIdentical, type Endpoint } from './endpoint.ts';
+import { IndexTable } from './indexes.ts';
+import type { PresharedKey, PrivateKey, PublicKey } from './keys.ts';
+import { keyToHex, publicKeyOf } from './keys.ts';
+import { messageType, readU32LE } from './messages.ts';
+import {
+  consumeInitiation,
+  consumeResponse,
+  createInitiation,
+  createResponse,
+  peerCrypto,
+  type InitiatorState,
+  type LocalIdentity,
+  type PeerCrypto,
+} from './noise.ts';
+import type { KeypairMaterial } from './session.ts';
+import { compareTimestamps, tai64nNow } from './tai64n.ts';
+import { MAX_HANDSHAKE_ATTEMPTS, PeerTimers, type TimerExpiry } from './timers.ts';
+
+/** What the control thread must tell the worker that owns `peer`. */
+export type EngineEvent =
+  | { readonly kind: 'installKeypair'; readonly peer: number; readonly keypair: KeypairMaterial }
+  | { readonly kind: 'sendKeepalive'; readonly peer: number }
+  | { readonly kind: 'clearStaged'; readonly peer: number }
+  | { readonly kind: 'zeroKeys'; readonly peer: number }
+  | { readonly kind: 'endpoint'; readonly peer: number; readonly endpoint: Endpoint }
+  | { readonly kind: 'handshakeComplete'; readonly peer: number; readonly wallMs: number };
+
+export interface Transmit {
+  readonly to: Endpoint;
+  readonly bytes: Uint8Array;
+}
+
+/** Why a handshake datagram was dropped; each is counted. */
+export type HandshakeDrop =
+  | 'malformed'
+  | 'noPrivateKey'
+  | 'badMac1'
+  | 'cookieSent'
+  | 'badInitiation'
+  | 'replayedInitiation'
+  | 'floodedInitiation'
+  | 'unknownIndex'
+  | 'badResponse'
+  | 'badCookieReply';
+
+/** Transport counters a worker publishes for a peer (monotonic; the engine diffs them). */
+export interface PeerCounters {
+  readonly txData: number;
+  readonly txAny: number;
+  readonly rxData: number;
+  readonly rxAny: number;
+}
+
+export interface EngineOptions {
+  /** Worker shards: a peer's receiver indexes are chosen so that index % shardCount is its shard. */
+  readonly shardCount: number;
+  /** Float in [0, 1); injected for deterministic tests. */
+  readonly random: () => number;
+  /** Wall-clock milliseconds since the epoch, for TAI64N timestamps and `wg show`. */
+  readonly wallClock: () => number;
+}
+
+interface EnginePeer {
+  readonly id: number;
+  readonly shard: number;
+  readonly publicKey: PublicKey;
+  presharedKey: PresharedKey;
+  crypto: PeerCrypto | null;
+  readonly cookies: CookieGenerator;
+  readonly timers: PeerTimers;
+  endpoint: Endpoint | null;
+  pending: { readonly state: InitiatorState; readonly localIndex: number } | null;
+  lastInitiationSentAt: number;
+  lastTimestamp: Uint8Array | null;
+  lastInitiationConsumedAt: number;
+  /** Local indexes of the (at most three) sessions a worker may still hold, oldest first. */
+  readonly sessionIndexes: number[];
+  seen: PeerCounters;
+}
+
+/** Which peer a local index belongs to; whether it is the in-flight handshake is `pending`'s business. */
+type IndexOwner = { readonly peer: number };
+
+const ZERO_COUNTERS: PeerCounters = { txData: 0, txAny: 0, rxData: 0, rxAny: 0 };
+const SESSIONS_KEPT = 3;
+
+export class WireGuardEngine {
+  private identity: LocalIdentity | null = null;
+  private checker: CookieChecker | null = null;
+  private readonly peers = new Map<number, EnginePeer>();
+  private readonly peersByKey = new Map<string, EnginePeer>();
+  private readonly indexes = new IndexTable<IndexOwner>();
+  private readonly transmits: Transmit[] = [];
+  private readonly events: EngineEvent[] = [];
+  readonly drops: Record<HandshakeDrop, number> = {
+    malformed: 0,
+    noPrivateKey: 0,
+    badMac1: 0,
+    cookieSent: 0,
+    badInitiation: 0,
+    replayedInitiation: 0,
+    floodedInitiation: 0,
+    unknownIndex: 0,
+    badResponse: 0,
+    badCookieReply: 0,
+  };
+  private readonly options: EngineOptions;
+
+  constructor(options: EngineOptions) {
+    this.options = options;
+  }
+
+  // ---- configuration -------------------------------------------------------------------------
+
+  get publicKey(): PublicKey | null {
+    return this.identity?.publicKey ?? null;
+  }
+
+  /** Sets (or clears, with null) the device's static private key; every session is re-keyed. */
+  setPrivateKey(privateKey: PrivateKey | null): void {
+    this.identity = privateKey === null ? null : { privateKey, publicKey: publicKeyOf(privateKey) };
+    this.checker = this.identity === null ? null : new CookieChecker(this.identity.publicKey);
+    for (const peer of this.peers.values()) {
+      peer.crypto = this.deriveCrypto(peer.publicKey, peer.presharedKey);
+      this.forgetSessions(peer);
+    }
+  }
+
+  addPeer(id: number, shard: number, publicKey: PublicKey, presharedKey: PresharedKey): void {
+    if (this.peers.has(id)) throw new RangeError(`engine: peer id ${id} already in use`);
+    const peer: EnginePeer = {
+      id,
+      shard,
+      publicKey,
+      presharedKey,
+      crypto: this.deriveCrypto(publicKey, presharedKey),
+      cookies: new CookieGenerator(publicKey),
+      timers: new PeerTimers(this.options.random),
+      endpoint: null,
+      pending: null,
+      lastInitiationSentAt: Number.NEGATIVE_INFINITY,
+      lastTimestamp: null,
+      lastInitiationConsumedAt: Number.NEGATIVE_INFINITY,
+      sessionIndexes: [],
+      seen: ZERO_COUNTERS,
+    };
+    this.peers.set(id, peer);
+    this.peersByKey.set(keyToHex(publicKey), peer);
+  }
+
+  removePeer(id: number): void {
+    const peer = this.peers.get(id);
+    if (peer === undefined) return;
+    this.releaseIndexes(peer);
+    peer.timers.stopAll();
+    this.peers.delete(id);
+    this.peersByKey.delete(keyToHex(peer.publicKey));
+  }
+
+  setPresharedKey(id: number, presharedKey: PresharedKey): void {
+    const peer = this.requirePeer(id);
+    peer.presharedKey = presharedKey;
+    peer.crypto = this.deriveCrypto(peer.publicKey, presharedKey);
+  }
+
+  setEndpoint(id: number, endpoint: Endpoint): void {
+    this.requirePeer(id).endpoint = endpoint;
+  }
+
+  endpointOf(id: number): Endpoint | null {
+    return this.peers.get(id)?.endpoint ?? null;
+  }
+
+  /** wireguard-go sends a keepalive at once when the interval is set on a running device. */
+  setPersistentKeepalive(id: number, seconds: number, now: number): void {
+    const peer = this.requirePeer(id);
+    peer.timers.setPersistentKeepalive(seconds, now);
+    if (seconds > 0) this.events.push({ kind: 'sendKeepalive', peer: id });
+  }
+
+  // ---- inputs ----------------------------------------------------------------------------------
+
+  /**
+   * A handshake-class datagram (types 1–3) from `from`. `underLoad` is the shell's verdict that
+   * handshakes are queueing up: initiations and responses then need a valid MAC2, and get a cookie
+   * reply otherwise (whitepaper §5.3).
+   */
+  handleHandshakeDatagram(buf: Uint8Array, len: number, from: Endpoint, now: number, underLoad: boolean): void {
+    const type = messageType(buf, len);
+    if (type === MESSAGE_INITIATION && len === MESSAGE_INITIATION_SIZE) this.handleInitiation(buf, len, from, now, underLoad);
+    else if (type === MESSAGE_RESPONSE && len === MESSAGE_RESPONSE_SIZE) this.handleResponse(buf, len, from, now, underLoad);
+    else if (type === MESSAGE_COOKIE_REPLY && len === MESSAGE_COOKIE_REPLY_SIZE) this.handleCookieReply(buf, len, now);
+    else this.drops.malformed++;
+  }
+
+  /** A worker has packets for `id` but no usable session, or its session wants refreshing. */
+  requestHandshake(id: number, now: number): void {
+    const peer = this.peers.get(id);
+    if (peer !== undefined) this.sendInitiation(peer, now, false);
+  }
+
+  /** The worker's transport counters for `id`, read from the shared peer table. */
+  observeCounters(id: number, counters: PeerCounters, now: number): void {
+    const peer = this.peers.get(id);
+    if (peer === undefined) return;
+    const seen = peer.seen;
+    if (counters === seen) return;
+    const timers = peer.timers;
+    // Received first, then sent: within one observation interval we cannot know the order, and a
+    // send after a receive is what makes a keepalive unnecessary.
+    if (counters.rxAny !== seen.rxAny) {
+      timers.onAnyAuthenticatedPacketReceived();
+      timers.onAnyAuthenticatedPacketTraversal(now);
+    }
+    if (counters.rxData !== seen.rxData) timers.onDataReceived(now);
+    if (counters.txAny !== seen.txAny) {
+      timers.onAnyAuthenticatedPacketSent();
+      timers.onAnyAuthenticatedPacketTraversal(now);
+    }
+    if (counters.txData !== seen.txData) timers.onDataSent(now);
+    peer.seen = counters;
+  }
+
+  handleTimeout(now: number): void {
+    for (const peer of this.peers.values()) {
+      if (peer.timers.nextDeadline() > now) continue;
+      for (const expiry of peer.timers.expire(now)) this.onTimerExpired(peer, expiry, now);
+    }
+  }
+
+  // ---- outputs ---------------------------------------------------------------------------------
+
+  pollTimeout(): number {
+    let earliest = Number.POSITIVE_INFINITY;
+    for (const peer of this.peers.values()) earliest = Math.min(earliest, peer.timers.nextDeadline());
+    return earliest;
+  }
+
+  pollTransmit(): Transmit | undefined {
+    return this.transmits.shift();
+  }
+
+  pollEvent(): EngineEvent | undefined {
+    return this.events.shift();
+  }
+
+  // ---- internals -------------------------------------------------------------------------------
+
+  private onTimerExpired(peer: EnginePeer, expiry: TimerExpiry, now: number): void {
+    switch (expiry) {
+      case 'retransmitHandshake':
+        if (peer.timers.handshakeAttempts > MAX_HANDSHAKE_ATTEMPTS) {
+          // Give up (wireguard-go expiredRetransmitHandshake): drop what waits for this handshake.
+          peer.timers.stopSendKeepalive();
+          this.events.push({ kind: 'clearStaged', peer: peer.id });
+          if (!peer.timers.isZeroKeyMaterialPending()) peer.timers.armZeroKeyMaterial(now);
+          this.dropPending(peer);
+        } else {
+          peer.timers.handshakeAttempts++;
+          this.sendInitiation(peer, now, true);
+        }
+        return;
+      case 'newHandshake':
+        this.sendInitiation(peer, now, false);
+        return;
+      case 'sendKeepalive':
+      case 'persistentKeepalive':
+        this.events.push({ kind: 'sendKeepalive', peer: peer.id });
+        return;
+      case 'zeroKeyMaterial':
+        this.forgetSessions(peer);
+        return;
+    }
+  }
+
+  private sendInitiation(peer: EnginePeer, now: number, isRetry: boolean): void {
+    if (!isRetry) {
+      // One initiation per REKEY_TIMEOUT unless it is the retransmission timer's own retry.
+      if (now - peer.lastInitiationSentAt < REKEY_TIMEOUT_MS) return;
+      peer.timers.handshakeAttempts = 0;
+    }
+    const identity = this.identity;
+    if (identity === null || peer.crypto === null) return;
+    peer.lastInitiationSentAt = now;
+    this.dropPending(peer);
+    const localIndex = this.indexes.allocate(peer.shard, this.options.shardCount, { peer: peer.id }, this.randomU32);
+    const message = new Uint8Array(MESSAGE_INITIATION_SIZE);
+    const timestamp = new Uint8Array(12);
+    tai64nNow(this.options.wallClock(), timestamp);
+    const state = createInitiation(identity, peer.crypto, localIndex, timestamp, message);
+    peer.cookies.addMacs(message, MESSAGE_INITIATION_SIZE, now);
+    peer.pending = { state, localIndex };
+    peer.timers.onAnyAuthenticatedPacketTraversal(now);
+    peer.timers.onAnyAuthenticatedPacketSent();
+    if (peer.endpoint !== null) this.transmits.push({ to: peer.endpoint, bytes: message });
+    peer.timers.onHandshakeInitiated(now);
+  }
+
+  private handleInitiation(buf: Uint8Array, len: number, from: Endpoint, now: number, underLoad: boolean): void {
+    const identity = this.identity;
+    const checker = this.checker;
+    if (identity === null || checker === null) {
+      this.drops.noPrivateKey++;
+      return;
+    }
+    if (!checker.checkMac1(buf, len)) {
+      this.drops.badMac1++;
+      return;
+    }
+    if (underLoad && !checker.checkMac2(buf, len, endpointCookieSource(from), now)) {
+      this.sendCookieReply(checker, buf, len, readU32LE(buf, 4), from, now);
+      return;
+    }
+    const consumed = consumeInitiation(identity, buf, (key) => this.peersByKey.get(keyToHex(key))?.crypto ?? undefined);
+    if (consumed === null) {
+      this.drops.badInitiation++;
+      return;
+    }
+    const peer = this.peersByKey.get(keyToHex(consumed.remoteStatic));
+    if (peer === undefined || peer.crypto === null) {
+      this.drops.badInitiation++;
+      return;
+    }
+    // Whitepaper §5.1: a TAI64N timestamp no newer than the last accepted one is a replay.
+    if (peer.lastTimestamp !== null && compareTimestamps(consumed.timestamp, peer.lastTimestamp) <= 0) {
+      this.drops.replayedInitiation++;
+      return;
+    }
+    if (now - peer.lastInitiationConsumedAt <= HANDSHAKE_INITIATION_RATE_MS) {
+      this.drops.floodedInitiation++;
+      return;
+    }
+    peer.lastTimestamp = consumed.timestamp.slice();
+    peer.lastInitiationConsumedAt = now;
+    this.learnEndpoint(peer, from);
+    peer.timers.onAnyAuthenticatedPacketTraversal(now);
+    peer.timers.onAnyAuthenticatedPacketReceived();
+
+    const localIndex = this.indexes.allocate(peer.shard, this.options.shardCount, { peer: peer.id }, this.randomU32);
+    const response = new Uint8Array(MESSAGE_RESPONSE_SIZE);
+    const keys = createResponse(consumed, peer.crypto, localIndex, response);
+    peer.cookies.addMacs(response, MESSAGE_RESPONSE_SIZE, now);
+    this.rememberSession(peer, localIndex);
+    this.events.push({
+      kind: 'installKeypair',
+      peer: peer.id,
+      keypair: {
+        localIndex,
+        remoteIndex: consumed.senderIndex,
+        sendKey: keys.sendKey,
+        receiveKey: keys.receiveKey,
+        isInitiator: false,
+        createdAt: now,
+      },
+    });
+    peer.timers.onSessionDerived(now);
+    peer.timers.onAnyAuthenticatedPacketTraversal(now);
+    peer.timers.onAnyAuthenticatedPacketSent();
+    this.transmits.push({ to: peer.endpoint ?? from, bytes: response });
+  }
+
+  private handleResponse(buf: Uint8Array, len: number, from: Endpoint, now: number, underLoad: boolean): void {
+    const identity = this.identity;
+    const checker = this.checker;
+    if (identity === null || checker === null) {
+      this.drops.noPrivateKey++;
+      return;
+    }
+    if (!checker.checkMac1(buf, len)) {
+      this.drops.badMac1++;
+      return;
+    }
+    if (underLoad && !checker.checkMac2(buf, len, endpointCookieSource(from), now)) {
+      this.sendCookieReply(checker, buf, len, readU32LE(buf, 4), from, now);
+      return;
+    }
+    const peer = this.pendingPeerFor(readU32LE(buf, 8));
+    if (peer === undefined || peer.pending === null || peer.crypto === null) {
+      this.drops.unknownIndex++;
+      return;
+    }
+    const result = consumeResponse(peer.pending.state, identity, peer.crypto, buf);
+    if (result === null) {
+      this.drops.badResponse++;
+      return;
+    }
+    const localIndex = peer.pending.localIndex;
+    // The handshake's index lives on as the session's receiver index.
+    peer.pending = null;
+    this.rememberSession(peer, localIndex);
+    this.learnEndpoint(peer, from);
+    peer.timers.onAnyAuthenticatedPacketTraversal(now);
+    peer.timers.onAnyAuthenticatedPacketReceived();
+    peer.timers.onSessionDerived(now);
+    peer.timers.onHandshakeComplete();
+    this.events.push({
+      kind: 'installKeypair',
+      peer: peer.id,
+      keypair: {
+        localIndex,
+        remoteIndex: result.senderIndex,
+        sendKey: result.keys.sendKey,
+        receiveKey: result.keys.receiveKey,
+        isInitiator: true,
+        createdAt: now,
+      },
+    });
+    this.events.push({ kind: 'handshakeComplete', peer: peer.id, wallMs: this.options.wallClock() });
+  }
+
+  private handleCookieReply(buf: Uint8Array, len: number, now: number): void {
+    const peer = this.pendingPeerFor(readU32LE(buf, 4));
+    if (peer === undefined) {
+      this.drops.unknownIndex++;
+      return;
+    }
+    if (!peer.cookies.consumeReply(buf, len, now)) this.drops.badCookieReply++;
+  }
+
+  private sendCookieReply(checker: CookieChecker, buf: Uint8Array, len: number, senderIndex: number, to: Endpoint, now: number): void {
+    const reply = new Uint8Array(MESSAGE_COOKIE_REPLY_SIZE);
+    checker.createReply(buf, len, senderIndex, endpointCookieSource(to), now, reply);
+    this.transmits.push({ to, bytes: reply });
+    this.drops.cookieSent++;
+  }
+
+  /** The peer whose in-flight initiation used `index` as its sender index. */
+  private pendingPeerFor(index: number): EnginePeer | undefined {
+    const owner = this.indexes.get(index);
+    if (owner === undefined) return undefined;
+    const peer = this.peers.get(owner.peer);
+    return peer?.pending?.localIndex === index ? peer : undefined;
+  }
+
+  /** wireguard-go SetEndpointFromPacket: an authenticated handshake moves the peer's endpoint. */
+  private learnEndpoint(peer: EnginePeer, from: Endpoint): void {
+    if (endpointsIdentical(peer.endpoint, from)) return;
+    peer.endpoint = from;
+    this.events.push({ kind: 'endpoint', peer: peer.id, endpoint: from });
+  }
+
+  private rememberSession(peer: EnginePeer, localIndex: number): void {
+    peer.sessionIndexes.push(localIndex);
+    while (peer.sessionIndexes.length > SESSIONS_KEPT) {
+      const oldest = peer.sessionIndexes.shift();
+      if (oldest !== undefined) this.indexes.delete(oldest);
+    }
+  }
+
+  private dropPending(peer: EnginePeer): void {
+    if (peer.pending === null) return;
+    this.indexes.delete(peer.pending.localIndex);
+    peer.pending = null;
+  }
+
+  private forgetSessions(peer: EnginePeer): void {
+    this.releaseIndexes(peer);
+    peer.lastInitiationSentAt = Number.NEGATIVE_INFINITY;
+    peer.timers.onHandshakeComplete();
+    this.events.push({ kind: 'zeroKeys', peer: peer.id });
+  }
+
+  private releaseIndexes(peer: EnginePeer): void {
+    this.dropPending(peer);
+    for (const index of peer.sessionIndexes) this.indexes.delete(index);
+    peer.sessionIndexes.length = 0;
+  }
+
+  private deriveCrypto(publicKey: PublicKey, presharedKey: PresharedKey): PeerCrypto | null {
+    if (this.identity === null) return null;
+    try {
+      return peerCrypto(this.identity, publicKey, presharedKey);
+    } catch {
+      // A public key whose DH with ours is all zeros (a low-order point) can never handshake.
+      return null;
+    }
+  }
+
+  private requirePeer(id: number): EnginePeer {
+    const peer = this.peers.get(id);
+    if (peer === undefined) throw new RangeError(`engine: no peer with id ${id}`);
+    return peer;
+  }
+
+  private readonly randomU32 = (): number => Math.floor(this.options.random() * 2 ** 32);
+}
