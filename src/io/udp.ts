@@ -6,7 +6,7 @@
 // wrap the same descriptor with `UdpSocket.attach(fd)`.
 import { SyscallError } from '../errors.ts';
 import {
-  AF_INET6, CMSGHDR_SIZE, EAGAIN, EINTR, IN6_PKTINFO_SIZE, IN_PKTINFO_SIZE, IOVEC_SIZE,
+  AF_INET6, CMSGHDR_SIZE, EADDRNOTAVAIL, EAGAIN, EINTR, EINVAL, ENETUNREACH, IN6_PKTINFO_SIZE, IN_PKTINFO_SIZE, IOVEC_SIZE,
   IPV6_PKTINFO, IPV6_RECVPKTINFO, IPV6_V6ONLY, IP_PKTINFO, MMSGHDR_LEN, MMSGHDR_SIZE, MSGHDR_CONTROL,
   MSGHDR_CONTROLLEN, MSGHDR_FLAGS, MSGHDR_IOV, MSGHDR_IOVLEN, MSGHDR_NAME, MSGHDR_NAMELEN,
   MSG_DONTWAIT, O_CLOEXEC, SOCKADDR_IN6_SIZE, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOL_IP, SOL_IPV6,
@@ -186,6 +186,15 @@ export interface UdpSocketOptions {
   readonly batchSize?: number;
   /** SO_RCVBUF/SO_SNDBUF request (the *FORCE variants when root). */
   readonly bufferBytes?: number;
+}
+
+/**
+ * Whether a send that named a source address failed in a way that means the address is no longer
+ * usable (removed, or routing changed), so the caller should clear it and send again: IPv6 says
+ * EADDRNOTAVAIL or EINVAL, IPv4 ENETUNREACH or EINVAL (the route lookup with a non-local source).
+ */
+export function sourceMayBeStale(status: number): boolean {
+  return status === EINVAL || status === EADDRNOTAVAIL || status === ENETUNREACH;
 }
 
 function isV4Mapped(bytes: Uint8Array, at: number): boolean {
@@ -454,8 +463,8 @@ export class UdpSocket {
   /**
    * Sends messages 0..count-1: views[i] (a whole slot) holds the bytes, meta entry i says how many
    * and where (layout above). Returns how many messages were dealt with, in order: each of them
-   * either went out (status 0) or failed alone (status = its errno, e.g. EADDRNOTAVAIL or EINVAL
-   * when its source address is gone: clear it with `meta.clearLocal(i)` and send again, as
+   * either went out (status 0) or failed alone (status = its errno; when `sourceMayBeStale(status)`
+   * the source address is gone: clear it with `meta.clearLocal(i)` and send again, as
    * wireguard-go does). Messages from the returned index on were not tried because the socket
    * buffer is full (EAGAIN): wait or drop them.
    */
