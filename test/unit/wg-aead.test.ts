@@ -126,7 +126,7 @@ test('out-of-bounds ranges are programming errors (RangeError), not silent trunc
 });
 
 test('aeadBackend picks sodium by default, noble on request, and rejects unknown names', () => {
-  assert.equal(aeadBackend(undefined).name, 'sodium');
+  assert.equal(aeadBackend('').name, 'sodium');
   assert.equal(aeadBackend('sodium').name, 'sodium');
   assert.equal(aeadBackend('noble').name, 'noble');
   assert.throws(() => aeadBackend('openssl'), RangeError);
