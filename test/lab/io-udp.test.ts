@@ -198,6 +198,69 @@ test('a worker thread sends on a descriptor the main thread created, from Shared
   });
 });
 
+test('a reader worker thread waits with poll and receives into SharedArrayBuffer slots', async () => {
+  await withNetns(async () => {
+    const a = UdpSocket.open(0);
+    const b = UdpSocket.open(0);
+    try {
+      const into = slots(8);
+      const metaBuffer = new SharedArrayBuffer(8 * 64);
+      const source = `
+        const { parentPort, workerData } = require('node:worker_threads');
+        Promise.all([import(workerData.udp), import(workerData.libc)]).then(([{ UdpSocket, DatagramMeta }, { waitReadable }]) => {
+          const socket = UdpSocket.attach(workerData.fd);
+          const views = Array.from({ length: 8 }, (_, i) => new Uint8Array(workerData.slots, i * ${SLOT}, ${SLOT}));
+          let got = 0;
+          const deadline = Date.now() + 3000;
+          parentPort.postMessage({ ready: true });
+          while (got < 4 && Date.now() < deadline) {
+            if (!waitReadable(workerData.fd, 50)) continue;
+            got += socket.recvBatch(views.slice(got), new DatagramMeta(8 - got, workerData.meta, got * 64));
+          }
+          parentPort.postMessage({ got });
+        }, (error) => parentPort.postMessage({ error: String(error) }));`;
+      const worker = new Worker(source, {
+        eval: true,
+        workerData: {
+          udp: new URL('../../src/io/udp.ts', import.meta.url).href,
+          libc: new URL('../../src/io/libc.ts', import.meta.url).href,
+          fd: b.fd, slots: into.sab, meta: metaBuffer,
+        },
+      });
+      const messages: { ready?: boolean; got?: number; error?: string }[] = [];
+      const finished = new Promise<void>((resolve, reject) => {
+        worker.on('message', (message: { ready?: boolean; got?: number; error?: string }) => {
+          messages.push(message);
+          if (message.got !== undefined || message.error !== undefined) resolve();
+        });
+        worker.once('error', reject);
+      });
+      while (messages.length === 0) await new Promise((resolve) => setTimeout(resolve, 10));
+      const meta = new DatagramMeta(4);
+      const out = slots(4);
+      for (let i = 0; i < 4; i++) {
+        out.views[i]?.fill(0x50 + i, 0, 20);
+        meta.setLength(i, 20);
+        meta.setRemote(i, i % 2 === 0 ? 4 : 6, address(i % 2 === 0 ? '127.0.0.1' : '::1').bytes, b.port());
+      }
+      assert.equal(a.sendBatch(out.views, meta, 4), 4);
+      await finished;
+      await worker.terminate();
+      assert.deepEqual(messages.at(-1), { got: 4 });
+      const got = new DatagramMeta(8, metaBuffer);
+      for (let i = 0; i < 4; i++) {
+        assert.equal(got.length(i), 20);
+        assert.equal(got.remoteFamily(i), i % 2 === 0 ? 4 : 6);
+        assert.equal(got.localToString(i), i % 2 === 0 ? '127.0.0.1' : '::1');
+        assert.ok(into.views[i]?.subarray(0, 20).every((byte) => byte === 0x50 + i));
+      }
+    } finally {
+      a.close();
+      b.close();
+    }
+  });
+});
+
 test('waitReadable times out when idle; a datagram longer than its slot is flagged MSG_TRUNC', async () => {
   await withNetns(async () => {
     const a = UdpSocket.open(0);
