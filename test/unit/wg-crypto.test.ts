@@ -7,6 +7,7 @@ import {
   blake2sDigest, constantTimeEqual, hash, hmacBlake2s, kdf1, kdf2, kdf3, mac, x25519, x25519Base, xaeadOpen,
   xaeadSeal,
 } from '../../src/wireguard/crypto.ts';
+import { CONSTRUCTION, IDENTIFIER } from '../../src/wireguard/constants.ts';
 
 const hex = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'hex'));
 const toHex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
@@ -39,6 +40,13 @@ test('BLAKE2s keyed and unkeyed, all output sizes: RFC 7693 Appendix E self-test
     }
   }
   assert.equal(toHex(hash(...parts)), '6a411f08ce25adcdfb02aba641451cec53c598b24f4fc787fbdc88797f4c1dfe');
+});
+
+test('the handshake seeds Ci = HASH(CONSTRUCTION), Hi = HASH(Ci ‖ IDENTIFIER) have their published values', () => {
+  const encoder = new TextEncoder();
+  const ci = hash(encoder.encode(CONSTRUCTION));
+  assert.equal(toHex(ci), '60e26daef327efc02ec335e2a025d2d016eb4206f87277f52d38d1988b78cd36');
+  assert.equal(toHex(hash(ci, encoder.encode(IDENTIFIER))), '2211b361081ac566691243db458ad5322d9c6c662293e8b70ee19c65ba079ef3');
 });
 
 test('MAC is keyed BLAKE2s with a 16-byte output', () => {
