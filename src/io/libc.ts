@@ -36,11 +36,9 @@ export const libc = {
   write: lib.func('intptr_t write(int fd, void *buf, size_t count)'),
   open: lib.func('int open(const char *path, int flags, int mode)'),
   ioctl: lib.func('int ioctl(int fd, unsigned long request, void *arg)'),
-  ioctlInt: lib.func('ioctl', 'int', ['int', 'unsigned long', 'intptr_t']),
   fcntl: lib.func('int fcntl(int fd, int cmd, int arg)'),
   dup3: lib.func('int dup3(int oldfd, int newfd, int flags)'),
   setns: lib.func('int setns(int fd, int nstype)'),
-  eventfd: lib.func('int eventfd(unsigned int initval, int flags)'),
   getuid: lib.func('uint32_t geteuid(void)'),
 } as const;
 
@@ -56,13 +54,11 @@ export function throwErrno(syscall: string, detail = ''): never {
 
 // Linux errno values that callers branch on.
 export const EINTR = 4;
-export const EIO = 5;
 export const EBADF = 9;
 export const EAGAIN = 11;
 export const ENODEV = 19;
 export const EINVAL = 22;
 export const EBADFD = 77;
-export const EMSGSIZE = 90;
 export const EADDRINUSE = 98;
 export const EADDRNOTAVAIL = 99;
 export const ENETUNREACH = 101;
@@ -78,15 +74,12 @@ export const SOCK_NONBLOCK = 0o4000;
 export const SOCK_CLOEXEC = 0o2000000;
 export const MSG_DONTWAIT = 0x40;
 export const MSG_TRUNC = 0x20;
-export const MSG_CTRUNC = 0x08;
 
 // open(2) and fcntl(2).
 export const O_RDWR = 2;
 export const O_RDONLY = 0;
 export const O_NONBLOCK = 0o4000;
 export const O_CLOEXEC = 0o2000000;
-export const EFD_CLOEXEC = 0o2000000;
-export const EFD_NONBLOCK = 0o4000;
 
 // Socket option levels and names.
 export const SOL_SOCKET = 1;
@@ -100,14 +93,9 @@ export const SOL_IPV6 = 41;
 export const IPV6_V6ONLY = 26;
 export const IPV6_RECVPKTINFO = 49;
 export const IPV6_PKTINFO = 50;
-export const SOL_UDP = 17;
-export const UDP_SEGMENT = 103;
-export const UDP_GRO = 104;
 
 // poll(2).
 export const POLLIN = 0x001;
-export const POLLERR = 0x008;
-export const POLLHUP = 0x010;
 export const POLLNVAL = 0x020;
 
 export const CLONE_NEWNET = 0x40000000;

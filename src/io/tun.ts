@@ -6,7 +6,7 @@
 // calls fail (ENODEV) while the queue descriptors keep working.
 import { SyscallError } from '../errors.ts';
 import {
-  AF_INET, EAGAIN, EBADFD, EINTR, O_CLOEXEC, O_NONBLOCK, O_RDWR, SOCK_CLOEXEC, SOCK_DGRAM, addressOf,
+  AF_INET, EAGAIN, EBADF, EBADFD, EINTR, O_CLOEXEC, O_NONBLOCK, O_RDWR, SOCK_CLOEXEC, SOCK_DGRAM, addressOf,
   closeFd, errno, libc, throwErrno,
 } from './libc.ts';
 
@@ -172,7 +172,7 @@ export class Tun {
 
   private firstFd(): number {
     const fd = this.fds[0];
-    if (this.closed || fd === undefined) throw new SyscallError('ioctl', 9, 'tun: closed');
+    if (this.closed || fd === undefined) throw new SyscallError('ioctl', EBADF, 'tun: closed');
     return fd;
   }
 }

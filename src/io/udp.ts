@@ -6,7 +6,7 @@
 // wrap the same descriptor with `UdpSocket.attach(fd)`.
 import { SyscallError } from '../errors.ts';
 import {
-  AF_INET6, CMSGHDR_SIZE, EADDRNOTAVAIL, EAGAIN, EINTR, EINVAL, ENETUNREACH, IN6_PKTINFO_SIZE, IN_PKTINFO_SIZE, IOVEC_SIZE,
+  AF_INET6, CMSGHDR_SIZE, EADDRNOTAVAIL, EAGAIN, EBADF, EINTR, EINVAL, ENETUNREACH, IN6_PKTINFO_SIZE, IN_PKTINFO_SIZE, IOVEC_SIZE,
   IPV6_PKTINFO, IPV6_RECVPKTINFO, IPV6_V6ONLY, IP_PKTINFO, MMSGHDR_LEN, MMSGHDR_SIZE, MSGHDR_CONTROL,
   MSGHDR_CONTROLLEN, MSGHDR_FLAGS, MSGHDR_IOV, MSGHDR_IOVLEN, MSGHDR_NAME, MSGHDR_NAMELEN,
   MSG_DONTWAIT, O_CLOEXEC, SOCKADDR_IN6_SIZE, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOL_IP, SOL_IPV6,
@@ -95,13 +95,14 @@ export class DatagramMeta {
 
   /** Copies the received source of message i into message j of `to` as a send destination. */
   copyRemoteTo(i: number, to: DatagramMeta, j: number): void {
-    to.words.set(this.words.subarray(i * META_WORDS + META_REMOTE_FAMILY, i * META_WORDS + 8), j * META_WORDS + META_REMOTE_FAMILY);
+    // Words 2–7 (family, port, address) and 14 (scope id).
+    for (let k = META_REMOTE_FAMILY; k < META_LOCAL_FAMILY; k++) to.words[j * META_WORDS + k] = this.words[i * META_WORDS + k] ?? 0;
     to.words[j * META_WORDS + META_REMOTE_SCOPE] = this.words[i * META_WORDS + META_REMOTE_SCOPE] ?? 0;
   }
 
   /** "1.2.3.4:5" or "[::1]:5" for logs and tests (allocates). */
   remoteToString(i: number): string {
-    return `${formatAddress(this.remoteFamily(i), this.bytes, i * META_BYTES + META_REMOTE_ADDRESS_BYTE, this.remotePort(i))}`;
+    return formatAddress(this.remoteFamily(i), this.bytes, i * META_BYTES + META_REMOTE_ADDRESS_BYTE, this.remotePort(i));
   }
 
   /** The local address of message i as "1.2.3.4" or "::1", or "" without pktinfo (allocates). */
@@ -518,7 +519,7 @@ export class UdpSocket {
    * old socket are dropped with it. Returns the bound port.
    */
   rebind(port: number): number {
-    if (this.closed) throw new SyscallError('rebind', 9, 'socket closed');
+    if (this.closed) throw new SyscallError('rebind', EBADF, 'socket closed');
     if (port !== 0 && port === this.port()) return port;
     const replacement = openBoundSocket(port, this.bufferBytes);
     try {

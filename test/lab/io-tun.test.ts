@@ -2,7 +2,7 @@
 // several queues, and the descriptor surviving a move of the interface to another namespace.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { waitReadable } from '../../src/io/libc.ts';
+import { EBADF, EBADFD, ENODEV, waitReadable } from '../../src/io/libc.ts';
 import { Tun, attachedInterfaceName, interfaceMtu, tunRead, tunWrite } from '../../src/io/tun.ts';
 import { SyscallError } from '../../src/errors.ts';
 import { createNetns, deleteNetns, insideNetns, ip, withNetns, writeIcmpEcho } from './io-helpers.ts';
@@ -91,7 +91,7 @@ test('tunWrite rejects a range outside its view; read on a closed descriptor thr
     const fd = tun.fds[0] as number;
     assert.throws(() => tunWrite(fd, new Uint8Array(10), 5, 6), RangeError);
     tun.close();
-    assert.throws(() => tunRead(fd, new Uint8Array(100)), (e: unknown) => e instanceof SyscallError && e.errno === 9);
+    assert.throws(() => tunRead(fd, new Uint8Array(100)), (e: unknown) => e instanceof SyscallError && e.errno === EBADF);
   });
 });
 
@@ -107,7 +107,7 @@ test('a TUN queue keeps working after its interface moves to another namespace',
         // Still attached, and by name only reachable from the new namespace.
         assert.equal(attachedInterfaceName(fd), 'ztmv0');
         assert.equal(tun.isAttached(), true);
-        assert.throws(() => tun.mtu(), (e: unknown) => e instanceof SyscallError && e.errno === 19);
+        assert.throws(() => tun.mtu(), (e: unknown) => e instanceof SyscallError && e.errno === ENODEV);
         ip('-n', other, 'addr', 'add', `${LOCAL.join('.')}/24`, 'dev', 'ztmv0');
         ip('-n', other, 'link', 'set', 'ztmv0', 'up');
         const reply = pingThroughTun(fd, new Uint8Array(new SharedArrayBuffer(2048)), 0x2222);
@@ -117,7 +117,7 @@ test('a TUN queue keeps working after its interface moves to another namespace',
         // Deleting it in its new namespace detaches the descriptor: reads fail with EBADFD.
         ip('-n', other, 'link', 'del', 'ztmv0');
         assert.equal(tun.isAttached(), false);
-        assert.throws(() => tunRead(fd, new Uint8Array(2048)), (e: unknown) => e instanceof SyscallError && e.errno === 77);
+        assert.throws(() => tunRead(fd, new Uint8Array(2048)), (e: unknown) => e instanceof SyscallError && e.errno === EBADFD);
       } finally {
         tun.close();
       }

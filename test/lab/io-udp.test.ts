@@ -4,7 +4,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Worker } from 'node:worker_threads';
-import { MSG_TRUNC, waitReadable } from '../../src/io/libc.ts';
+import { EADDRINUSE, MSG_TRUNC, SOL_SOCKET, SO_RCVBUF, SO_SNDBUF, getIntOption, waitReadable } from '../../src/io/libc.ts';
+import { SyscallError } from '../../src/errors.ts';
 import { DatagramMeta, UdpSocket, formatAddress, parseAddress, sourceMayBeStale, type IpFamily } from '../../src/io/udp.ts';
 import { ip, withNetns } from './io-helpers.ts';
 
@@ -51,6 +52,9 @@ test('batched send and receive on loopback, IPv4 and IPv6, with pktinfo and expl
       const bPort = b.port();
       assert.notEqual(aPort, 0);
       assert.notEqual(aPort, bPort);
+      // As root the *FORCE options pass the sysctl caps: the kernel reports twice the 7 MiB asked.
+      assert.equal(getIntOption(a.fd, SOL_SOCKET, SO_RCVBUF, 'SO_RCVBUF'), 2 * (7 << 20));
+      assert.equal(getIntOption(a.fd, SOL_SOCKET, SO_SNDBUF, 'SO_SNDBUF'), 2 * (7 << 20));
       // Each case: destination (an address of b), explicit source or none, expected source seen.
       const cases = [
         { to: '127.0.0.1', from: null, seen: '127.0.0.1' },
@@ -303,7 +307,7 @@ test('rebind moves the socket to a new port on the same descriptor; a busy port 
       assert.equal(b.port(), newPort);
       assert.equal(b.rebind(newPort), newPort);
 
-      assert.throws(() => b.rebind(blocker.port()), (e: unknown) => e instanceof Error && 'errno' in e && e.errno === 98);
+      assert.throws(() => b.rebind(blocker.port()), (e: unknown) => e instanceof SyscallError && e.errno === EADDRINUSE);
       assert.equal(b.port(), newPort);
 
       const meta = new DatagramMeta(2);
