@@ -17,8 +17,15 @@ import { DOORBELL_COUNTER_WORD, DOORBELL_SIZE, DOORBELL_SLEEPING_WORD } from './
 /** How a wait ended: work was seen without sleeping, a producer rang, or the timeout passed. */
 export type WakeReason = 'work' | 'rung' | 'timed-out';
 
-/** Checks between sleeping and waking; cheap enough to cover a producer's next batch (~1–3 µs). */
-export const DEFAULT_SPIN_ITERATIONS = 256;
+/**
+ * How long a consumer keeps looking before it sleeps. Waking a sleeper costs the producer a futex
+ * syscall and the consumer tens of µs of wake-up latency, so a consumer that sleeps between two
+ * batches of a steady stream ends up ping-ponging through the kernel; a short spin bridges the gap
+ * between batches. Bounded, so an idle consumer still goes to sleep at once in human terms.
+ */
+export const DEFAULT_SPIN_MICROS = 50;
+
+const SPIN_LOOKS_PER_CLOCK_READ = 16;
 
 export class Doorbell {
   readonly buffer: SharedArrayBuffer;
@@ -77,18 +84,22 @@ export class Doorbell {
 
 /**
  * Consumer thread (a Worker: Atomics.wait blocks the calling thread). Call when a drain of every
- * ring found nothing. Spins up to `spinIterations` calls of `hasWork`, then sleeps until a producer
- * rings or `timeoutMs` passes. `hasWork` must report whether any of the consumer's rings holds an
- * entry (e.g. `() => !a.isEmpty() || !b.isEmpty()`, built once, not per call).
+ * ring found nothing. Polls `hasWork` for up to `spinMicros`, then sleeps until a producer rings or
+ * `timeoutMs` passes. `hasWork` must report whether any of the consumer's rings holds an entry
+ * (e.g. `() => !a.isEmpty() || !b.isEmpty()`, built once, not per call).
  */
 export function waitForWork(
   doorbell: Doorbell,
   timeoutMs: number,
   hasWork: () => boolean,
-  spinIterations: number = DEFAULT_SPIN_ITERATIONS,
+  spinMicros: number = DEFAULT_SPIN_MICROS,
 ): WakeReason {
-  for (let i = 0; i < spinIterations; i++) {
-    if (hasWork()) return 'work';
+  if (spinMicros > 0) {
+    const spinUntil = performance.now() + spinMicros / 1000;
+    do {
+      // Several cheap looks per clock read: performance.now() costs more than a look at a ring.
+      for (let i = 0; i < SPIN_LOOKS_PER_CLOCK_READ; i++) if (hasWork()) return 'work';
+    } while (performance.now() < spinUntil);
   }
   const seen = doorbell.announceSleep();
   if (hasWork()) {
