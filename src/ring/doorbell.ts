@@ -23,7 +23,7 @@ export type WakeReason = 'work' | 'rung' | 'timed-out';
  * batches of a steady stream ends up ping-ponging through the kernel; a short spin bridges the gap
  * between batches. Bounded, so an idle consumer still goes to sleep at once in human terms.
  */
-export const DEFAULT_SPIN_MICROS = 50;
+export const DEFAULT_SPIN_MICROS = 20;
 
 const SPIN_LOOKS_PER_CLOCK_READ = 16;
 
