@@ -16,11 +16,11 @@ export const CACHE_LINE_SIZE = 64;
 //
 // A slab is `slotCount` slots back to back; slot i starts at byte i * SLOT_SIZE.
 //
-//   0         4         8         12        16        20        24                  32
-//   ├─────────┼─────────┼─────────┼─────────┼─────────┼─────────┼───────────────────┤
-//   │ payload │ peer id │ flags   │ remote  │ remote  │ local   │ spare (8 bytes,   │
-//   │ length  │ (-1 =   │         │ family  │ port    │ ifindex │ 8-aligned)        │
-//   │         │  none)  │         │ (4 / 6) │         │         │                   │
+//   0         4         8         12   14   16        20        24                  32
+//   ├─────────┼─────────┼─────────┼────┼────┼─────────┼─────────┼───────────────────┤
+//   │ payload │ peer id │ flags   │rem.│rem.│ remote  │ local   │ spare (8 bytes,   │
+//   │ length  │ (-1 =   │         │port│fam.│ IPv6    │ ifindex │ 8-aligned)        │
+//   │         │  none)  │         │u16 │u16 │ scope id│         │                   │
 //   32                                      48                                      64
 //   ├───────────────────────────────────────┼───────────────────────────────────────┤
 //   │ remote address (16 bytes)             │ local address (16 bytes)              │
@@ -41,9 +41,12 @@ export const CACHE_LINE_SIZE = 64;
 // length (starting at 0) for slots from the UDP reader, the IP packet length (starting at
 // SLOT_PLAINTEXT_OFFSET) for slots from the TUN reader. Each ring's contract names the stage.
 //
-// Addresses: for family 4 the address takes bytes 0..3 and the other 12 bytes are zero; for family 6
-// all 16 bytes. Both addresses are in network byte order (as in sockaddr); the port is a plain
-// number. An all-zero local address means "let the kernel choose the source" (no IP_PKTINFO).
+// Addresses: remote family 4 or 6 (0: no endpoint); for family 4 an address takes bytes 0..3 and
+// the other 12 bytes are zero (never v4-mapped); for family 6 all 16 bytes. The local address has
+// the remote's family (a datagram's pktinfo is of its own family). Addresses are in network byte
+// order (as in sockaddr); port, scope id and ifindex are plain numbers. An all-zero local address
+// means "let the kernel choose the source" (no IP_PKTINFO); the scope id matters only for link-local
+// IPv6 remotes.
 
 export const SLOT_HEADER_SIZE = 64;
 /** Room for a 16-byte transport header, a 65535-byte packet, up to 15 bytes of padding and the tag. */
@@ -55,26 +58,28 @@ export const SLOT_PLAINTEXT_OFFSET = MESSAGE_TRANSPORT_HEADER_SIZE;
 export const SLOT_PAYLOAD_LENGTH = 0;
 export const SLOT_PEER_ID = 4;
 export const SLOT_FLAGS = 8;
-export const SLOT_REMOTE_FAMILY = 12;
-export const SLOT_REMOTE_PORT = 16;
+export const SLOT_REMOTE_PORT = 12;
+export const SLOT_REMOTE_FAMILY = 14;
+export const SLOT_REMOTE_SCOPE_ID = 16;
 export const SLOT_LOCAL_IFINDEX = 20;
 /** Eight bytes, 8-aligned, for the packet logic's own use (e.g. a timestamp as a float64). */
 export const SLOT_SPARE = 24;
-export const SLOT_SPARE_SIZE = 8;
 export const SLOT_REMOTE_ADDRESS = 32;
 export const SLOT_LOCAL_ADDRESS = 48;
 export const SLOT_ADDRESS_SIZE = 16;
 /** The payload's first byte, relative to the slot's start. */
 export const SLOT_PAYLOAD = SLOT_HEADER_SIZE;
 
-/** Word strides for Int32Array/Float64Array views over a whole slab. */
+/** Strides and indexes for Uint16Array/Int32Array/Float64Array views over a whole slab. */
+export const SLOT_HALFWORDS = SLOT_SIZE / 2;
 export const SLOT_WORDS = SLOT_SIZE / 4;
 export const SLOT_F64S = SLOT_SIZE / 8;
 export const SLOT_PAYLOAD_LENGTH_WORD = SLOT_PAYLOAD_LENGTH / 4;
 export const SLOT_PEER_ID_WORD = SLOT_PEER_ID / 4;
 export const SLOT_FLAGS_WORD = SLOT_FLAGS / 4;
-export const SLOT_REMOTE_FAMILY_WORD = SLOT_REMOTE_FAMILY / 4;
-export const SLOT_REMOTE_PORT_WORD = SLOT_REMOTE_PORT / 4;
+export const SLOT_REMOTE_PORT_HALFWORD = SLOT_REMOTE_PORT / 2;
+export const SLOT_REMOTE_FAMILY_HALFWORD = SLOT_REMOTE_FAMILY / 2;
+export const SLOT_REMOTE_SCOPE_ID_WORD = SLOT_REMOTE_SCOPE_ID / 4;
 export const SLOT_LOCAL_IFINDEX_WORD = SLOT_LOCAL_IFINDEX / 4;
 export const SLOT_SPARE_F64 = SLOT_SPARE / 8;
 

@@ -25,10 +25,13 @@ import {
   SLOT_PEER_ID,
   SLOT_PEER_ID_WORD,
   SLOT_REMOTE_ADDRESS,
+  SLOT_HALFWORDS,
   SLOT_REMOTE_FAMILY,
-  SLOT_REMOTE_FAMILY_WORD,
+  SLOT_REMOTE_FAMILY_HALFWORD,
   SLOT_REMOTE_PORT,
-  SLOT_REMOTE_PORT_WORD,
+  SLOT_REMOTE_PORT_HALFWORD,
+  SLOT_REMOTE_SCOPE_ID,
+  SLOT_REMOTE_SCOPE_ID_WORD,
   SLOT_SIZE,
   SLOT_SPARE,
   SLOT_SPARE_F64,
@@ -60,6 +63,7 @@ export interface SlotHeader {
   readonly flags: number;
   readonly remoteFamily: number;
   readonly remotePort: number;
+  readonly remoteScopeId: number;
   readonly remoteAddress: Uint8Array;
   readonly localAddress: Uint8Array;
   readonly localIfindex: number;
@@ -76,6 +80,7 @@ export class Slab {
   readonly slotCount: number;
   /** The whole slab as bytes (slot i at i * SLOT_SIZE), e.g. for one I/O vector over many slots. */
   readonly bytes: Uint8Array;
+  readonly #halfwords: Uint16Array;
   readonly #words: Int32Array;
   readonly #f64s: Float64Array;
   readonly #payloads: readonly Uint8Array[];
@@ -91,6 +96,7 @@ export class Slab {
     this.buffer = buffer;
     this.slotCount = slotCount;
     this.bytes = new Uint8Array(buffer);
+    this.#halfwords = new Uint16Array(buffer);
     this.#words = new Int32Array(buffer);
     this.#f64s = new Float64Array(buffer);
     const payloads: Uint8Array[] = [];
@@ -153,18 +159,24 @@ export class Slab {
 
   /** 4 or 6, or 0 when the slot has no remote endpoint. */
   remoteFamily(slot: number): number {
-    return this.#words[slot * SLOT_WORDS + SLOT_REMOTE_FAMILY_WORD]!;
+    return this.#halfwords[slot * SLOT_HALFWORDS + SLOT_REMOTE_FAMILY_HALFWORD]!;
   }
 
   remotePort(slot: number): number {
-    return this.#words[slot * SLOT_WORDS + SLOT_REMOTE_PORT_WORD]!;
+    return this.#halfwords[slot * SLOT_HALFWORDS + SLOT_REMOTE_PORT_HALFWORD]!;
   }
 
-  /** Sets family and port; the address bytes go through `remoteAddressView(slot)`. */
-  setRemote(slot: number, family: number, port: number): void {
-    const base = slot * SLOT_WORDS;
-    this.#words[base + SLOT_REMOTE_FAMILY_WORD] = family;
-    this.#words[base + SLOT_REMOTE_PORT_WORD] = port;
+  /** The IPv6 scope id of a link-local remote, else 0. */
+  remoteScopeId(slot: number): number {
+    return this.#words[slot * SLOT_WORDS + SLOT_REMOTE_SCOPE_ID_WORD]! >>> 0;
+  }
+
+  /** Sets family, port and scope id; the address bytes go through `remoteAddressView(slot)`. */
+  setRemote(slot: number, family: number, port: number, scopeId = 0): void {
+    const half = slot * SLOT_HALFWORDS;
+    this.#halfwords[half + SLOT_REMOTE_FAMILY_HALFWORD] = family;
+    this.#halfwords[half + SLOT_REMOTE_PORT_HALFWORD] = port;
+    this.#words[slot * SLOT_WORDS + SLOT_REMOTE_SCOPE_ID_WORD] = scopeId;
   }
 
   localIfindex(slot: number): number {
@@ -190,7 +202,7 @@ export class Slab {
     this.#words[base + SLOT_PAYLOAD_LENGTH_WORD] = 0;
     this.#words[base + SLOT_PEER_ID_WORD] = NO_PEER;
     this.#words[base + SLOT_FLAGS_WORD] = 0;
-    this.#words[base + SLOT_REMOTE_FAMILY_WORD] = 0;
+    this.#halfwords[slot * SLOT_HALFWORDS + SLOT_REMOTE_FAMILY_HALFWORD] = 0;
   }
 }
 
@@ -209,8 +221,9 @@ export function readSlotHeader(slab: Slab, slot: number): SlotHeader {
     payloadLength: view.getInt32(SLOT_PAYLOAD_LENGTH, true),
     peerId: view.getInt32(SLOT_PEER_ID, true),
     flags: view.getInt32(SLOT_FLAGS, true),
-    remoteFamily: view.getInt32(SLOT_REMOTE_FAMILY, true),
-    remotePort: view.getInt32(SLOT_REMOTE_PORT, true),
+    remoteFamily: view.getUint16(SLOT_REMOTE_FAMILY, true),
+    remotePort: view.getUint16(SLOT_REMOTE_PORT, true),
+    remoteScopeId: view.getUint32(SLOT_REMOTE_SCOPE_ID, true),
     remoteAddress: slab.bytes.slice(base + SLOT_REMOTE_ADDRESS, base + SLOT_REMOTE_ADDRESS + SLOT_ADDRESS_SIZE),
     localAddress: slab.bytes.slice(base + SLOT_LOCAL_ADDRESS, base + SLOT_LOCAL_ADDRESS + SLOT_ADDRESS_SIZE),
     localIfindex: view.getInt32(SLOT_LOCAL_IFINDEX, true),
@@ -229,8 +242,9 @@ export function writeSlotHeader(slab: Slab, slot: number, header: SlotHeader): v
   view.setInt32(SLOT_PAYLOAD_LENGTH, header.payloadLength, true);
   view.setInt32(SLOT_PEER_ID, header.peerId, true);
   view.setInt32(SLOT_FLAGS, header.flags, true);
-  view.setInt32(SLOT_REMOTE_FAMILY, header.remoteFamily, true);
-  view.setInt32(SLOT_REMOTE_PORT, header.remotePort, true);
+  view.setUint16(SLOT_REMOTE_FAMILY, header.remoteFamily, true);
+  view.setUint16(SLOT_REMOTE_PORT, header.remotePort, true);
+  view.setUint32(SLOT_REMOTE_SCOPE_ID, header.remoteScopeId, true);
   view.setInt32(SLOT_LOCAL_IFINDEX, header.localIfindex, true);
   view.setFloat64(SLOT_SPARE, header.spare, true);
   slab.bytes.fill(0, base + SLOT_REMOTE_ADDRESS, base + SLOT_LOCAL_ADDRESS + SLOT_ADDRESS_SIZE);

@@ -53,6 +53,7 @@ const headerArbitrary: fc.Arbitrary<SlotHeader> = fc.record({
   flags: fc.integer({ min: -(2 ** 31), max: 2 ** 31 - 1 }),
   remoteFamily: fc.constantFrom(0, 4, 6),
   remotePort: fc.integer({ min: 0, max: 65535 }),
+  remoteScopeId: fc.integer({ min: 0, max: 2 ** 32 - 1 }),
   remoteAddress: fc.uint8Array({ minLength: 16, maxLength: 16 }),
   localAddress: fc.uint8Array({ minLength: 16, maxLength: 16 }),
   localIfindex: fc.integer({ min: 0, max: 2 ** 31 - 1 }),
@@ -66,7 +67,7 @@ test('header round trip: hot setters â†’ DataView reader, and DataView writer â†
       slab.setPayloadLength(slot, h.payloadLength);
       slab.setPeerId(slot, h.peerId);
       slab.setFlags(slot, h.flags);
-      slab.setRemote(slot, h.remoteFamily, h.remotePort);
+      slab.setRemote(slot, h.remoteFamily, h.remotePort, h.remoteScopeId);
       slab.remoteAddressView(slot).set(h.remoteAddress);
       slab.localAddressView(slot).set(h.localAddress);
       slab.setLocalIfindex(slot, h.localIfindex);
@@ -80,6 +81,7 @@ test('header round trip: hot setters â†’ DataView reader, and DataView writer â†
       assert.equal(slab.flags(other), h.flags);
       assert.equal(slab.remoteFamily(other), h.remoteFamily);
       assert.equal(slab.remotePort(other), h.remotePort);
+      assert.equal(slab.remoteScopeId(other), h.remoteScopeId);
       assert.deepEqual(slab.remoteAddressView(other), h.remoteAddress);
       assert.deepEqual(slab.localAddressView(other), h.localAddress);
       assert.equal(slab.localIfindex(other), h.localIfindex);
