@@ -31,6 +31,25 @@ export type ReaderCommand =
 export type ControlNotice =
   | { readonly kind: 'requestHandshake'; readonly peer: number }
   | { readonly kind: 'endpoint'; readonly peer: number; readonly endpoint: Endpoint }
+  | { readonly kind: 'sessionConfirmed'; readonly peer: number }
   | { readonly kind: 'drops'; readonly thread: string; readonly counts: Readonly<Record<string, number>> }
   | { readonly kind: 'ready'; readonly thread: string }
   | { readonly kind: 'fatal'; readonly thread: string; readonly message: string };
+
+/** What every packet thread is started with (workerData). SharedArrayBuffers are shared, not copied. */
+export interface ThreadInit {
+  readonly fabric: import('../ring/fabric.ts').FabricDescription;
+  readonly udpFd: number;
+  readonly tunFds: readonly number[];
+  /** Int32 per consumer thread (workers, then readers): bumped by the control thread after each postMessage. */
+  readonly commandSignals: SharedArrayBuffer;
+  readonly workerIndex: number;
+  readonly logLevel: string;
+  readonly mtu: number;
+}
+
+/** Index of a thread's word in `commandSignals`: workers first, then the TUN reader, then the UDP reader. */
+export function commandSignalIndex(role: 'worker' | 'tunReader' | 'udpReader', workerIndex: number, workerCount: number): number {
+  if (role === 'worker') return workerIndex;
+  return role === 'tunReader' ? workerCount : workerCount + 1;
+}

@@ -216,6 +216,17 @@ export class WireGuardEngine {
     if (peer !== undefined) this.sendInitiation(peer, now, false);
   }
 
+  /**
+   * The responder's session was confirmed by the initiator's first transport packet: for this side
+   * that is when the handshake completes (wireguard-go calls timersHandshakeComplete there).
+   */
+  sessionConfirmed(id: number): void {
+    const peer = this.peers.get(id);
+    if (peer === undefined) return;
+    peer.timers.onHandshakeComplete();
+    this.events.push({ kind: 'handshakeComplete', peer: id, wallMs: this.options.wallClock() });
+  }
+
   /** The worker's transport counters for `id`, read from the shared peer table. */
   observeCounters(id: number, counters: PeerCounters, now: number): void {
     const peer = this.peers.get(id);

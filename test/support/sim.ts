@@ -119,7 +119,10 @@ export class SimNode {
       requestHandshake: (peer) => this.engine.requestHandshake(peer, net.now),
       endpointChanged: (peer, endpoint) => this.engine.setEndpoint(peer, endpoint),
       releaseStaged: (handle) => this.stagedPackets.delete(handle),
-      sessionConfirmed: (peer) => this.flushStaged(peer, false),
+      sessionConfirmed: (peer) => {
+        this.engine.sessionConfirmed(peer);
+        this.flushStaged(peer, false);
+      },
     });
     net.nodes.push(this);
   }

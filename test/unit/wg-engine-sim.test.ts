@@ -28,7 +28,9 @@ test('first packet is staged, a handshake runs, and the packet arrives', () => {
   b.sendPacket(ipv4Packet('10.0.0.2', '10.0.0.1', 50));
   net.run(net.now + 100);
   assert.equal(a.delivered.length, 1);
-  assert.equal(b.handshakesCompleted, 0);
+  // The responder's handshake completed when a's first packet confirmed it; b started none itself.
+  assert.equal(b.handshakesCompleted, 1);
+  assert.equal(a.handshakesCompleted, 1);
 });
 
 test('a packet whose inner source is outside the sender’s allowed IPs is dropped and counted', () => {

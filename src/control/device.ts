@@ -1,0 +1,498 @@
+// The control thread of a static-mode device (`ztgate wg IFNAME`): owns the configuration, the
+// WireGuard engine (handshakes, cookies, timers), the UAPI socket, and the packet threads. It never
+// touches transport packets: those flow TUN ⇄ worker ⇄ UDP through the shared-memory fabric.
+import { Worker } from 'node:worker_threads';
+import { randomInt } from 'node:crypto';
+import type { Logger } from '../main/log.ts';
+import { monotonicNow } from '../clock.ts';
+import { SyscallError, ZtgateError } from '../errors.ts';
+import { attachControl, createFabric, returnSlot, type ControlEnd, type FabricDescription } from '../ring/fabric.ts';
+import { Doorbell, waitForWorkAsync } from '../ring/doorbell.ts';
+import { PEER_RECORD_F64S, PEER_RX_ANY_PACKETS_F64, PEER_RX_BYTES_F64, PEER_RX_DATA_PACKETS_F64, PEER_TX_ANY_PACKETS_F64, PEER_TX_BYTES_F64, PEER_TX_DATA_PACKETS_F64 } from '../ring/layout.ts';
+import { Tun } from '../io/tun.ts';
+import { DatagramMeta, UdpSocket } from '../io/udp.ts';
+import { LinkWatcher } from '../io/netlink.ts';
+import { setIntOption, SOL_SOCKET } from '../io/libc.ts';
+import { AllowedIps } from '../wireguard/allowedips.ts';
+import { DEFAULT_MTU, UNDER_LOAD_AFTER_TIME_MS } from '../wireguard/constants.ts';
+import { WireGuardEngine, type EngineEvent } from '../wireguard/engine.ts';
+import { formatEndpoint, type Endpoint } from '../wireguard/endpoint.ts';
+import { isZeroKey, keyToHex, toPresharedKey, toPrivateKey, toPublicKey, zeroPresharedKey } from '../wireguard/keys.ts';
+import { UAPI_ERRNO, UapiError, type DeviceSnapshot, type PeerOperation, type SetOperation } from '../uapi/protocol.ts';
+import { listenUapi, type UapiServer } from '../uapi/server.ts';
+import { commandSignalIndex, type ControlNotice, type ReaderCommand, type RouteChange, type ThreadInit, type WorkerCommand } from './messages.ts';
+
+const SO_MARK = 36;
+/** How often worker counters are turned into timer events, and timers are checked. */
+const TICK_MS = 100;
+/** How often the link watcher is drained (MTU changes, deletion). */
+const LINK_POLL_MS = 250;
+/** A handshake backlog this deep puts the device under load (cookie replies; whitepaper §5.3). */
+const UNDER_LOAD_BACKLOG = 32;
+/** How long packet threads get to finish before the process exits regardless. */
+const THREAD_STOP_TIMEOUT_MS = 2_000;
+
+export interface DeviceOptions {
+  readonly interfaceName: string;
+  readonly workers: number;
+  readonly logger: Logger;
+  readonly logLevel: string;
+}
+
+interface DevicePeer {
+  readonly id: number;
+  readonly publicKey: Uint8Array;
+  presharedKey: Uint8Array | null;
+  endpoint: Endpoint | null;
+  persistentKeepalive: number;
+  lastHandshakeWallMs: number;
+}
+
+export class Device {
+  private readonly options: DeviceOptions;
+  private readonly log: Logger;
+  private readonly tun: Tun;
+  private readonly socket: UdpSocket;
+  private readonly fabric: FabricDescription;
+  private readonly control: ControlEnd;
+  private readonly engine: WireGuardEngine;
+  private readonly routes = new AllowedIps();
+  private readonly peers = new Map<string, DevicePeer>();
+  private readonly peersById = new Map<number, DevicePeer>();
+  private readonly workers: Worker[] = [];
+  private readonly readers: Worker[] = [];
+  private readonly commandSignals: Int32Array;
+  private readonly workerDoorbells: readonly Doorbell[];
+  private readonly stats: Float64Array;
+  private readonly sendMeta = new DatagramMeta(1);
+  private readonly linkWatcher: LinkWatcher;
+  private uapi: UapiServer | null = null;
+  private privateKey: Uint8Array | null = null;
+  private fwmark = 0;
+  private underLoadUntil = 0;
+  private tick: NodeJS.Timeout | null = null;
+  private linkPoll: NodeJS.Timeout | null = null;
+  private stopping: Promise<void> | null = null;
+  readonly drops = new Map<string, Readonly<Record<string, number>>>();
+  /** Resolves when the device has stopped (deleted interface, signal, fatal error). */
+  readonly stopped: Promise<void>;
+  private resolveStopped!: () => void;
+
+  private constructor(options: DeviceOptions) {
+    this.options = options;
+    this.log = options.logger;
+    this.stopped = new Promise((resolve) => (this.resolveStopped = resolve));
+    // wireguard-go creates the interface with its default MTU and leaves it down: wg-quick or the
+    // administrator brings it up.
+    this.tun = Tun.open(options.interfaceName, { queues: 1, mtu: DEFAULT_MTU, up: false });
+    this.socket = UdpSocket.open(0);
+    this.fabric = createFabric({ workerCount: options.workers });
+    this.control = attachControl(this.fabric);
+    this.workerDoorbells = this.fabric.workerDoorbells.map((buffer) => new Doorbell(buffer));
+    this.stats = new Float64Array(this.fabric.peerTable);
+    this.commandSignals = new Int32Array(new SharedArrayBuffer(4 * (options.workers + 2)));
+    this.linkWatcher = LinkWatcher.open(this.tun.ifindex, this.tun.fds[0]!, DEFAULT_MTU);
+    this.engine = new WireGuardEngine({
+      shardCount: options.workers,
+      random: () => randomInt(2 ** 32) / 2 ** 32,
+      wallClock: () => Date.now(),
+    });
+  }
+
+  /** Creates the interface, starts the packet threads and serves UAPI; resolves once ready. */
+  static async start(options: DeviceOptions): Promise<Device> {
+    const device = new Device(options);
+    try {
+      await device.startThreads();
+      device.uapi = await listenUapi({ interfaceName: options.interfaceName, handler: device, logger: options.logger });
+    } catch (error) {
+      await device.stop('failed to start');
+      throw error;
+    }
+    device.tick = setInterval(() => device.onTick(), TICK_MS);
+    device.linkPoll = setInterval(() => device.pollLink(), LINK_POLL_MS);
+    void device.serveHandshakes();
+    device.log.info({ interface: options.interfaceName, workers: options.workers, port: device.socket.port() }, 'device up');
+    return device;
+  }
+
+  // ---- UAPI --------------------------------------------------------------------------------------
+
+  snapshot(): DeviceSnapshot {
+    const peers = [...this.peersById.values()].map((peer) => {
+      const record = peer.id * PEER_RECORD_F64S;
+      return {
+        publicKey: peer.publicKey,
+        presharedKey: peer.presharedKey,
+        endpoint: peer.endpoint === null ? null : formatEndpoint(peer.endpoint),
+        lastHandshakeMs: peer.lastHandshakeWallMs,
+        txBytes: this.stats[record + PEER_TX_BYTES_F64]!,
+        rxBytes: this.stats[record + PEER_RX_BYTES_F64]!,
+        persistentKeepalive: peer.persistentKeepalive,
+        allowedIps: this.routes.entriesOf(peer.id),
+      };
+    });
+    return { privateKey: this.privateKey, listenPort: this.socket.port(), fwmark: this.fwmark, peers };
+  }
+
+  /** Applies validated operations in order (wireguard-go's semantics); routes go out in one batch. */
+  apply(operations: readonly SetOperation[]): void {
+    const now = monotonicNow();
+    const routeChanges: RouteChange[] = [];
+    // A port that cannot be bound fails the request before anything else changes.
+    for (const op of operations) if (op.kind === 'listenPort') this.rebind(op.port);
+    for (const op of operations) {
+      switch (op.kind) {
+        case 'privateKey':
+          this.setPrivateKey(op.key, routeChanges);
+          break;
+        case 'listenPort':
+          break;
+        case 'fwmark':
+          this.setFwmark(op.value);
+          break;
+        case 'replacePeers':
+          for (const peer of [...this.peersById.values()]) this.removePeer(peer, routeChanges);
+          break;
+        case 'peer':
+          this.applyPeer(op, now, routeChanges);
+          break;
+      }
+    }
+    this.broadcastRoutes(routeChanges);
+    this.pump();
+  }
+
+  private rebind(port: number): void {
+    try {
+      this.socket.rebind(port);
+    } catch (error) {
+      throw new UapiError(UAPI_ERRNO.portInUse, `uapi: cannot listen on port ${port}: ${(error as Error).message}`, { cause: error });
+    }
+  }
+
+  private setFwmark(value: number): void {
+    try {
+      setIntOption(this.socket.fd, SOL_SOCKET, SO_MARK, value, 'SO_MARK');
+      this.fwmark = value;
+    } catch (error) {
+      throw new UapiError(UAPI_ERRNO.portInUse, `uapi: cannot set fwmark: ${(error as Error).message}`, { cause: error });
+    }
+  }
+
+  private setPrivateKey(key: Uint8Array | null, routeChanges: RouteChange[]): void {
+    this.privateKey = key === null || isZeroKey(key) ? null : key;
+    this.engine.setPrivateKey(this.privateKey === null ? null : toPrivateKey(this.privateKey));
+    // A peer whose public key is now our own can never be talked to (wireguard-go removes it).
+    const own = this.engine.publicKey;
+    if (own !== null) {
+      const twin = this.peers.get(keyToHex(own));
+      if (twin !== undefined) this.removePeer(twin, routeChanges);
+    }
+  }
+
+  private applyPeer(op: PeerOperation, now: number, routeChanges: RouteChange[]): void {
+    const hex = keyToHex(op.publicKey);
+    let peer = this.peers.get(hex);
+    if (op.remove) {
+      if (peer !== undefined) this.removePeer(peer, routeChanges);
+      return;
+    }
+    if (peer === undefined && op.updateOnly) return;
+    const own = this.engine.publicKey;
+    if (own !== null && keyToHex(own) === hex) return;
+    if (peer === undefined) peer = this.addPeer(op.publicKey);
+    if (op.presharedKey !== undefined) {
+      peer.presharedKey = op.presharedKey;
+      this.engine.setPresharedKey(peer.id, op.presharedKey === null ? zeroPresharedKey() : toPresharedKey(op.presharedKey));
+    }
+    if (op.endpoint !== undefined) {
+      const endpoint: Endpoint = { family: op.endpoint.family, address: op.endpoint.address, port: op.endpoint.port, localAddress: null, localIfindex: 0 };
+      this.setPeerEndpoint(peer, endpoint);
+    }
+    if (op.replaceAllowedIps) {
+      this.routes.removePeer(peer.id);
+      routeChanges.push({ op: 'removePeer', peer: peer.id });
+    }
+    for (const change of op.allowedIps) {
+      if (change.remove) {
+        if (this.routes.remove(change.bytes, change.prefixLength, peer.id)) {
+          routeChanges.push({ op: 'remove', bytes: change.bytes, prefixLength: change.prefixLength, peer: peer.id });
+        }
+      } else {
+        this.routes.insert(change.bytes, change.prefixLength, peer.id);
+        routeChanges.push({ op: 'insert', bytes: change.bytes, prefixLength: change.prefixLength, peer: peer.id });
+      }
+    }
+    if (op.persistentKeepalive !== undefined) {
+      peer.persistentKeepalive = op.persistentKeepalive;
+      this.engine.setPersistentKeepalive(peer.id, op.persistentKeepalive, now);
+    }
+  }
+
+  private addPeer(publicKey: Uint8Array): DevicePeer {
+    let id = 0;
+    while (this.peersById.has(id)) id++;
+    if (id >= this.fabric.peerTable.byteLength / (PEER_RECORD_F64S * 8)) {
+      throw new UapiError(UAPI_ERRNO.unknown, 'uapi: the peer table is full');
+    }
+    const peer: DevicePeer = { id, publicKey: publicKey.slice(), presharedKey: null, endpoint: null, persistentKeepalive: 0, lastHandshakeWallMs: 0 };
+    this.stats.fill(0, id * PEER_RECORD_F64S, (id + 1) * PEER_RECORD_F64S);
+    this.peers.set(keyToHex(publicKey), peer);
+    this.peersById.set(id, peer);
+    this.engine.addPeer(id, this.shardOf(id), toPublicKey(peer.publicKey), zeroPresharedKey());
+    this.sendToWorker(id, { kind: 'addPeer', peer: id });
+    return peer;
+  }
+
+  private removePeer(peer: DevicePeer, routeChanges: RouteChange[]): void {
+    this.engine.removePeer(peer.id);
+    this.routes.removePeer(peer.id);
+    routeChanges.push({ op: 'removePeer', peer: peer.id });
+    this.sendToWorker(peer.id, { kind: 'removePeer', peer: peer.id });
+    this.peers.delete(keyToHex(peer.publicKey));
+    this.peersById.delete(peer.id);
+  }
+
+  private setPeerEndpoint(peer: DevicePeer, endpoint: Endpoint): void {
+    peer.endpoint = endpoint;
+    this.engine.setEndpoint(peer.id, endpoint);
+    this.sendToWorker(peer.id, { kind: 'endpoint', peer: peer.id, endpoint });
+  }
+
+  // ---- threads -----------------------------------------------------------------------------------
+
+  private shardOf(peer: number): number {
+    return peer % this.options.workers;
+  }
+
+  private async startThreads(): Promise<void> {
+    const init = (workerIndex: number): ThreadInit => ({
+      fabric: this.fabric,
+      udpFd: this.socket.fd,
+      tunFds: this.tun.fds,
+      commandSignals: this.commandSignals.buffer as SharedArrayBuffer,
+      workerIndex,
+      logLevel: this.options.logLevel,
+      mtu: DEFAULT_MTU,
+    });
+    const ready: Promise<void>[] = [];
+    const spawn = (file: string, workerIndex: number): Worker => {
+      const worker = new Worker(new URL(file, import.meta.url), { workerData: init(workerIndex), name: file });
+      ready.push(
+        new Promise<void>((resolve, reject) => {
+          worker.once('message', () => resolve());
+          worker.once('error', reject);
+        }),
+      );
+      worker.on('message', (notice: ControlNotice) => this.onNotice(notice));
+      worker.on('error', (error) => {
+        this.log.error({ err: error, thread: file }, 'packet thread failed');
+        void this.stop('packet thread failed');
+      });
+      return worker;
+    };
+    for (let k = 0; k < this.options.workers; k++) this.workers.push(spawn('../workers/worker.ts', k));
+    this.readers.push(spawn('../workers/tun-reader.ts', 0), spawn('../workers/udp-reader.ts', 0));
+    await Promise.all(ready);
+  }
+
+  private sendToWorker(peer: number, command: WorkerCommand): void {
+    this.postWorker(this.shardOf(peer), command);
+  }
+
+  private postWorker(index: number, command: WorkerCommand): void {
+    this.workers[index]?.postMessage(command);
+    Atomics.add(this.commandSignals, commandSignalIndex('worker', index, this.options.workers), 1);
+    this.workerDoorbells[index]?.ring();
+  }
+
+  private postReader(role: 'tunReader' | 'udpReader', command: ReaderCommand): void {
+    this.readers[role === 'tunReader' ? 0 : 1]?.postMessage(command);
+    Atomics.add(this.commandSignals, commandSignalIndex(role, 0, this.options.workers), 1);
+  }
+
+  private broadcastRoutes(changes: readonly RouteChange[]): void {
+    if (changes.length === 0) return;
+    this.postReader('tunReader', { kind: 'routes', changes });
+    for (let k = 0; k < this.options.workers; k++) this.postWorker(k, { kind: 'routes', changes });
+  }
+
+  private onNotice(notice: ControlNotice): void {
+    const now = monotonicNow();
+    switch (notice.kind) {
+      case 'requestHandshake':
+        this.engine.requestHandshake(notice.peer, now);
+        break;
+      case 'endpoint': {
+        const peer = this.peersById.get(notice.peer);
+        if (peer !== undefined) {
+          peer.endpoint = notice.endpoint;
+          this.engine.setEndpoint(notice.peer, notice.endpoint);
+        }
+        break;
+      }
+      case 'sessionConfirmed':
+        this.engine.sessionConfirmed(notice.peer);
+        break;
+      case 'drops':
+        this.drops.set(notice.thread, notice.counts);
+        this.log.info({ thread: notice.thread, drops: notice.counts }, 'dropped packets');
+        return;
+      case 'ready':
+        return;
+      case 'fatal':
+        this.log.error({ thread: notice.thread, reason: notice.message }, 'packet thread stopped');
+        void this.stop(notice.message);
+        return;
+    }
+    this.pump();
+  }
+
+  // ---- handshakes and timers ---------------------------------------------------------------------
+
+  /** Drains handshake datagrams from the UDP reader, waiting on the control doorbell in between. */
+  private async serveHandshakes(): Promise<void> {
+    const link = this.control.fromUdp;
+    while (this.stopping === null) {
+      const backlog = link.ring.size;
+      const now = monotonicNow();
+      if (backlog >= UNDER_LOAD_BACKLOG) this.underLoadUntil = now + UNDER_LOAD_AFTER_TIME_MS;
+      const underLoad = now < this.underLoadUntil;
+      for (let slot = link.ring.pop(); slot >= 0; slot = link.ring.pop()) {
+        const slab = link.slab;
+        const family = slab.remoteFamily(slot) === 4 ? 4 : 6;
+        const size = family === 4 ? 4 : 16;
+        const local = slab.localAddressView(slot).slice(0, size);
+        const from: Endpoint = {
+          family,
+          address: slab.remoteAddressView(slot).slice(0, size),
+          port: slab.remotePort(slot),
+          localAddress: local.every((b) => b === 0) ? null : local,
+          localIfindex: slab.localIfindex(slot),
+        };
+        this.engine.handleHandshakeDatagram(slab.payloadView(slot), slab.payloadLength(slot), from, now, underLoad);
+        returnSlot(link, slot);
+        this.pump();
+      }
+      await waitForWorkAsync(this.control.doorbell, 1_000, this.control.hasWork);
+    }
+  }
+
+  private onTick(): void {
+    const now = monotonicNow();
+    for (const peer of this.peersById.values()) {
+      const r = peer.id * PEER_RECORD_F64S;
+      this.engine.observeCounters(
+        peer.id,
+        {
+          txData: this.stats[r + PEER_TX_DATA_PACKETS_F64]!,
+          txAny: this.stats[r + PEER_TX_ANY_PACKETS_F64]!,
+          rxData: this.stats[r + PEER_RX_DATA_PACKETS_F64]!,
+          rxAny: this.stats[r + PEER_RX_ANY_PACKETS_F64]!,
+        },
+        now,
+      );
+    }
+    if (this.engine.pollTimeout() <= now) this.engine.handleTimeout(now);
+    this.pump();
+  }
+
+  /** Moves the engine's output to the socket and to the owning workers. */
+  private pump(): void {
+    for (let t = this.engine.pollTransmit(); t !== undefined; t = this.engine.pollTransmit()) this.transmit(t.to, t.bytes);
+    for (let e = this.engine.pollEvent(); e !== undefined; e = this.engine.pollEvent()) this.dispatch(e);
+  }
+
+  private dispatch(event: EngineEvent): void {
+    const peer = this.peersById.get(event.peer);
+    if (peer === undefined) return;
+    switch (event.kind) {
+      case 'handshakeComplete':
+        peer.lastHandshakeWallMs = event.wallMs;
+        return;
+      case 'endpoint':
+        peer.endpoint = event.endpoint;
+        this.sendToWorker(event.peer, event);
+        return;
+      default:
+        this.sendToWorker(event.peer, event);
+    }
+  }
+
+  private transmit(to: Endpoint, bytes: Uint8Array): void {
+    const meta = this.sendMeta;
+    meta.setLength(0, bytes.length);
+    meta.setRemote(0, to.family, to.address, to.port);
+    if (to.localAddress === null) meta.clearLocal(0);
+    else meta.setLocal(0, to.family, to.localAddress, to.localIfindex);
+    if (this.socket.sendOne(bytes, meta, 0) === 1 && meta.status(0) !== 0 && to.localAddress !== null) {
+      // The sticky source address is gone: let the kernel choose (wireguard-go does the same).
+      meta.clearLocal(0);
+      this.socket.sendOne(bytes, meta, 0);
+    }
+  }
+
+  private pollLink(): void {
+    let events;
+    try {
+      events = this.linkWatcher.read();
+    } catch (error) {
+      this.log.warn({ err: error }, 'link watcher failed');
+      return;
+    }
+    for (const event of events) {
+      if (event.kind === 'deleted') {
+        this.log.info({ interface: this.options.interfaceName }, 'interface deleted');
+        void this.stop('interface deleted');
+        return;
+      }
+      if (event.kind === 'mtu' || event.kind === 'overrun') {
+        let mtu: number;
+        try {
+          mtu = event.kind === 'mtu' ? event.mtu : this.tun.mtu();
+        } catch {
+          continue;
+        }
+        this.log.info({ mtu }, 'interface MTU changed');
+        for (let k = 0; k < this.options.workers; k++) this.postWorker(k, { kind: 'mtu', mtu });
+      }
+    }
+  }
+
+  // ---- shutdown ----------------------------------------------------------------------------------
+
+  stop(reason: string): Promise<void> {
+    if (this.stopping !== null) return this.stopping;
+    this.stopping = this.shutdown(reason);
+    return this.stopping;
+  }
+
+  private async shutdown(reason: string): Promise<void> {
+    this.log.info({ reason }, 'device stopping');
+    if (this.tick !== null) clearInterval(this.tick);
+    if (this.linkPoll !== null) clearInterval(this.linkPoll);
+    await this.uapi?.close();
+    const threads = [...this.workers, ...this.readers];
+    const exited = threads.map((t) => new Promise<void>((resolve) => t.once('exit', () => resolve())));
+    for (let k = 0; k < this.workers.length; k++) this.postWorker(k, { kind: 'stop' });
+    if (this.readers.length > 0) {
+      this.postReader('tunReader', { kind: 'stop' });
+      this.postReader('udpReader', { kind: 'stop' });
+    }
+    const timeout = new Promise<void>((resolve) => setTimeout(resolve, THREAD_STOP_TIMEOUT_MS).unref());
+    await Promise.race([Promise.all(exited), timeout]);
+    for (const thread of threads) void thread.terminate();
+    this.linkWatcher.close();
+    this.socket.close();
+    this.tun.close();
+    this.resolveStopped();
+  }
+}
+
+/** A start-up failure worth a one-line message rather than a stack trace. */
+export function describeStartError(error: unknown): string {
+  if (error instanceof SyscallError && error.errno === 16) return 'the interface is in use by another process';
+  if (error instanceof ZtgateError) return error.message;
+  return error instanceof Error ? error.message : String(error);
+}

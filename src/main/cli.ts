@@ -1,0 +1,140 @@
+// ztgate's command line. `ztgate wg [-f|--foreground] [--workers N] [--log-level L] IFNAME` runs a
+// static-mode WireGuard device managed by `wg` over UAPI, a drop-in for `wireguard-go IFNAME`: it
+// detaches once the interface and the UAPI socket are ready, unless -f or WG_PROCESS_FOREGROUND=1.
+import { spawn } from 'node:child_process';
+import { availableParallelism } from 'node:os';
+import { closeSync, openSync, writeSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { createLogger, parseLogLevel } from './log.ts';
+import { Device, describeStartError } from '../control/device.ts';
+import { MAX_WORKERS } from '../ring/fabric.ts';
+
+const USAGE = `usage:
+  ztgate wg [-f|--foreground] [--workers N] [--log-level LEVEL] IFNAME
+      a WireGuard device managed by wg(8), like wireguard-go (detaches unless -f)
+  ztgate --version`;
+
+/** The environment variable wireguard-go reads to stay in the foreground; we honour it too. */
+const FOREGROUND_ENV = 'WG_PROCESS_FOREGROUND';
+/** File descriptor on which a detached child tells its parent it is ready. */
+const READY_FD = 3;
+
+class UsageError extends Error {}
+
+async function main(argv: readonly string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === '--version' || command === '-v') {
+    process.stdout.write('ztgate 0.1.0\n');
+    return 0;
+  }
+  if (command === 'wg') return runWg(rest);
+  throw new UsageError(command === undefined ? 'missing command' : `unknown command '${command}'`);
+}
+
+async function runWg(args: readonly string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: [...args],
+    options: {
+      foreground: { type: 'boolean', short: 'f', default: false },
+      workers: { type: 'string' },
+      'log-level': { type: 'string' },
+    },
+    allowPositionals: true,
+    strict: true,
+  });
+  if (positionals.length !== 1) throw new UsageError('wg takes exactly one interface name');
+  const interfaceName = positionals[0]!;
+  const workers = parseWorkers(values.workers ?? process.env['ZTGATE_WORKERS']);
+  const level = parseLogLevel(values['log-level'] ?? process.env['ZTGATE_LOG_LEVEL'] ?? process.env['LOG_LEVEL']);
+  const foreground = values.foreground || process.env[FOREGROUND_ENV] === '1';
+  if (!foreground) return detach(args);
+
+  const logger = createLogger(level, { interface: interfaceName });
+  let device: Device;
+  try {
+    device = await Device.start({ interfaceName, workers, logger, logLevel: level });
+  } catch (error) {
+    logger.error({ err: error }, 'cannot start');
+    process.stderr.write(`ztgate: ${interfaceName}: ${describeStartError(error)}\n`);
+    return 1;
+  }
+  signalReady();
+  let signals = 0;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    signals++;
+    if (signals > 1) process.exit(1);
+    void device.stop(`received ${signal}`);
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  await device.stopped;
+  logger.info('shut down');
+  return 0;
+}
+
+function parseWorkers(text: string | undefined): number {
+  if (text === undefined) return Math.max(1, availableParallelism() - 1);
+  const workers = Number(text);
+  if (!Number.isInteger(workers) || workers < 1 || workers > MAX_WORKERS) {
+    throw new UsageError(`--workers must be an integer from 1 to ${MAX_WORKERS}, got '${text}'`);
+  }
+  return workers;
+}
+
+/**
+ * Re-runs this command in the foreground as a detached child and waits for it to report ready (or
+ * to fail), as wireguard-go does, so that `wg` can be used as soon as this process exits.
+ */
+function detach(args: readonly string[]): Promise<number> {
+  const logFile = process.env['ZTGATE_LOG_FILE'];
+  const logFd = logFile === undefined ? 'ignore' : openSync(logFile, 'a');
+  const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, 'wg', ...args], {
+    detached: true,
+    env: { ...process.env, [FOREGROUND_ENV]: '1', ZTGATE_READY_FD: String(READY_FD) },
+    stdio: ['ignore', 'ignore', logFile === undefined ? 'pipe' : logFd, 'pipe'],
+  });
+  let errorText = '';
+  child.stderr?.on('data', (chunk: Buffer) => {
+    if (errorText.length < 4096) errorText += chunk.toString();
+  });
+  return new Promise((resolve) => {
+    const readyPipe = child.stdio[READY_FD] as NodeJS.ReadableStream | null;
+    readyPipe?.once('data', () => {
+      child.unref();
+      child.stderr?.destroy();
+      (readyPipe as unknown as { destroy(): void }).destroy();
+      resolve(0);
+    });
+    child.once('exit', (code) => {
+      const lines = errorText.split('\n').filter((line) => line.startsWith('ztgate:'));
+      process.stderr.write(lines.length > 0 ? `${lines.join('\n')}\n` : `ztgate: the daemon exited with status ${code}\n`);
+      resolve(code === 0 || code === null ? 1 : code);
+    });
+  });
+}
+
+function signalReady(): void {
+  const fd = process.env['ZTGATE_READY_FD'];
+  if (fd === undefined) return;
+  try {
+    writeSync(Number(fd), 'ready\n');
+    closeSync(Number(fd));
+  } catch {
+    // The parent is gone: nobody to tell.
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (error: unknown) => {
+    if (error instanceof UsageError || (error instanceof TypeError && 'code' in error && String(error.code).startsWith('ERR_PARSE_ARGS'))) {
+      process.stderr.write(`ztgate: ${error.message}\n${USAGE}\n`);
+      process.exitCode = 2;
+      return;
+    }
+    process.stderr.write(`ztgate: ${error instanceof Error ? error.message : String(error)}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,113 @@
+// The UDP reader thread: receives datagrams in batches straight into slots of its slab and
+// demultiplexes them by their first byte (ARCHITECTURE.md, "Demultiplexing one UDP socket"):
+// transport data (type 4) goes to the worker that owns its receiver index, handshake messages
+// (types 1–3) to the control thread, anything else is dropped and counted.
+import { commandSignalIndex, type ReaderCommand } from '../control/messages.ts';
+import { attachUdpReader, type OutboundLink } from '../ring/fabric.ts';
+import {
+  MESSAGE_COOKIE_REPLY,
+  MESSAGE_INITIATION,
+  MESSAGE_TRANSPORT,
+  MESSAGE_TRANSPORT_MIN_SIZE,
+} from '../wireguard/constants.ts';
+import { shardOfIndex } from '../wireguard/indexes.ts';
+import { transportReceiverIndex } from '../wireguard/transport.ts';
+import { waitReadable } from '../io/libc.ts';
+import { DatagramMeta, META_BYTES, META_LOCAL_ADDRESS_BYTE, META_REMOTE_ADDRESS_BYTE, UdpSocket } from '../io/udp.ts';
+import { CommandInbox, DropReporter, notifyControl, threadInit } from './thread-support.ts';
+
+const BATCH = 64;
+/** How long a poll(2) may block, so that commands (stop) are seen promptly. */
+const POLL_TIMEOUT_MS = 100;
+
+const init = threadInit();
+const fabric = attachUdpReader(init.fabric);
+const workerCount = init.fabric.workerCount;
+const socket = UdpSocket.attach(init.udpFd, { batchSize: BATCH });
+const inbox = new CommandInbox<ReaderCommand>(init.commandSignals, commandSignalIndex('udpReader', 0, workerCount));
+const drops = { notWireGuard: 0, truncated: 0, noFreeSlot: 0, ringFull: 0 };
+const reporter = new DropReporter('udpReader');
+const slab = fabric.pool.slab;
+const meta = new DatagramMeta(BATCH);
+const slots = new Int32Array(BATCH);
+const views: Uint8Array[] = [];
+const touched = new Uint8Array(workerCount + 1);
+let running = true;
+
+function route(link: OutboundLink, slot: number, target: number): void {
+  if (link.ring.push(slot)) {
+    touched[target] = 1;
+    return;
+  }
+  drops.ringFull++;
+  fabric.pool.release(slot);
+}
+
+function receiveBatch(): number {
+  fabric.pool.reclaim();
+  views.length = 0;
+  let count = 0;
+  while (count < BATCH) {
+    const slot = fabric.pool.allocate();
+    if (slot < 0) break;
+    slots[count++] = slot;
+    views.push(slab.payloadView(slot));
+  }
+  if (count === 0) {
+    drops.noFreeSlot++;
+    return 0;
+  }
+  const received = socket.recvBatch(views, meta);
+  for (let i = received; i < count; i++) fabric.pool.release(slots[i]!);
+  for (let i = 0; i < received; i++) dispatch(i, slots[i]!);
+  for (let target = 0; target <= workerCount; target++) {
+    if (touched[target] === 0) continue;
+    touched[target] = 0;
+    (target === workerCount ? fabric.toControl : fabric.toWorker[target]!).doorbell.ring();
+  }
+  return received;
+}
+
+function dispatch(i: number, slot: number): void {
+  const length = meta.length(i);
+  if (meta.status(i) !== 0) {
+    drops.truncated++;
+    fabric.pool.release(slot);
+    return;
+  }
+  slab.setPayloadLength(slot, length);
+  slab.setRemote(slot, meta.remoteFamily(i), meta.remotePort(i));
+  // An all-zero local address means no pktinfo arrived: the kernel picks the reply's source.
+  slab.setLocalIfindex(slot, meta.localIfindex(i));
+  const remote = slab.remoteAddressView(slot);
+  const local = slab.localAddressView(slot);
+  const base = i * META_BYTES;
+  for (let k = 0; k < 16; k++) {
+    remote[k] = meta.bytes[base + META_REMOTE_ADDRESS_BYTE + k]!;
+    local[k] = meta.localFamily(i) === 0 ? 0 : meta.bytes[base + META_LOCAL_ADDRESS_BYTE + k]!;
+  }
+  const payload = slab.payloadView(slot);
+  const type = length >= 4 ? payload[0]! : 0;
+  // Reserved bytes must be zero in every WireGuard message (whitepaper §5.4).
+  const wellFormed = length >= 4 && payload[1] === 0 && payload[2] === 0 && payload[3] === 0;
+  if (wellFormed && type === MESSAGE_TRANSPORT && length >= MESSAGE_TRANSPORT_MIN_SIZE) {
+    const shard = shardOfIndex(transportReceiverIndex(payload), workerCount);
+    route(fabric.toWorker[shard]!, slot, shard);
+  } else if (wellFormed && type >= MESSAGE_INITIATION && type <= MESSAGE_COOKIE_REPLY) {
+    route(fabric.toControl, slot, workerCount);
+  } else {
+    drops.notWireGuard++;
+    fabric.pool.release(slot);
+  }
+}
+
+notifyControl({ kind: 'ready', thread: 'udpReader' });
+while (running) {
+  inbox.drain((command) => {
+    if (command.kind === 'stop') running = false;
+  });
+  if (!running) break;
+  if (receiveBatch() === 0) waitReadable(socket.fd, POLL_TIMEOUT_MS);
+  reporter.maybeReport(() => drops, performance.now());
+}
+reporter.maybeReport(() => drops, performance.now(), true);

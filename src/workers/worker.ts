@@ -1,0 +1,256 @@
+// A packet worker thread: owns the peers of its shard (peer id % worker count) and moves their
+// packets — TUN slot → encrypt in place → sendmmsg, and UDP slot → decrypt in place → TUN write —
+// sleeping on its doorbell when its rings are empty. Handshakes and timers live on the control
+// thread, which sends keys and commands here; counters go back through the shared peer table.
+import { applyWorkerCommand, type CommandEffects } from './commands.ts';
+import { Datapath, DROPPED, STAGED, type DatagramSource } from './datapath.ts';
+import { commandSignalIndex, type WorkerCommand } from '../control/messages.ts';
+import { attachWorker, returnSlot, type InboundLink } from '../ring/fabric.ts';
+import { SLOT_PLAINTEXT_OFFSET } from '../ring/layout.ts';
+import type { Slab } from '../ring/slab.ts';
+import { waitForWork } from '../ring/doorbell.ts';
+import { aeadBackend } from '../wireguard/aead.ts';
+import type { Endpoint } from '../wireguard/endpoint.ts';
+import { DatagramMeta, UdpSocket } from '../io/udp.ts';
+import { EADDRNOTAVAIL, EINVAL } from '../io/libc.ts';
+import { tunWrite } from '../io/tun.ts';
+import { monotonicNow } from '../clock.ts';
+import { CommandInbox, DropReporter, notifyControl, threadInit } from './thread-support.ts';
+
+const BATCH = 64;
+const IDLE_WAIT_MS = 1_000;
+/** A worker asks for a handshake for the same peer at most this often (the engine rate-limits too). */
+const HANDSHAKE_REQUEST_INTERVAL_MS = 250;
+/** Staged handles say which slab their slot belongs to. */
+const FROM_TUN = 0;
+const OWN = 1;
+const HANDLE_SOURCE_SHIFT = 20;
+
+const init = threadInit();
+const end = attachWorker(init.fabric, init.workerIndex);
+const workerCount = init.fabric.workerCount;
+const socket = UdpSocket.attach(init.udpFd, { batchSize: BATCH });
+const tunFd = init.tunFds[init.workerIndex % init.tunFds.length]!;
+const inbox = new CommandInbox<WorkerCommand>(init.commandSignals, commandSignalIndex('worker', init.workerIndex, workerCount));
+const threadName = `worker${init.workerIndex}`;
+const reporter = new DropReporter(threadName);
+const ioDrops = { sendFailed: 0, sendBufferFull: 0, tunWriteFailed: 0, noFreeSlot: 0 };
+const stats = new Float64Array(init.fabric.peerTable);
+const lastHandshakeRequest = new Map<number, number>();
+let now = monotonicNow();
+let running = true;
+
+const datapath = new Datapath(aeadBackend(), stats, init.mtu, {
+  requestHandshake(peer) {
+    const last = lastHandshakeRequest.get(peer) ?? Number.NEGATIVE_INFINITY;
+    if (now - last < HANDSHAKE_REQUEST_INTERVAL_MS) return;
+    lastHandshakeRequest.set(peer, now);
+    notifyControl({ kind: 'requestHandshake', peer });
+  },
+  endpointChanged(peer, endpoint) {
+    notifyControl({ kind: 'endpoint', peer, endpoint });
+  },
+  releaseStaged(handle) {
+    releaseHandle(handle);
+  },
+  sessionConfirmed(peer) {
+    notifyControl({ kind: 'sessionConfirmed', peer });
+    flushStaged(peer, false);
+  },
+});
+
+const effects: CommandEffects = {
+  sendKeepalive(peer) {
+    const slot = end.ownPool.allocate();
+    if (slot < 0) {
+      ioDrops.noFreeSlot++;
+      return;
+    }
+    encryptSlot(peer, OWN, slot, 0);
+  },
+  sessionReady(peer, isInitiator) {
+    flushStaged(peer, isInitiator);
+  },
+  stop() {
+    running = false;
+  },
+};
+
+// ---- sending ------------------------------------------------------------------------------------
+
+const sendMeta = new DatagramMeta(BATCH);
+const sendViews: Uint8Array[] = [];
+const sendHandles = new Int32Array(BATCH);
+const sendPeers = new Int32Array(BATCH);
+let sendCount = 0;
+
+function slabOf(source: number): Slab {
+  return source === FROM_TUN ? end.fromTun.slab : end.ownPool.slab;
+}
+
+function releaseHandle(handle: number): void {
+  const slot = handle & ((1 << HANDLE_SOURCE_SHIFT) - 1);
+  if (handle >>> HANDLE_SOURCE_SHIFT === FROM_TUN) returnSlot(end.fromTun, slot);
+  else end.ownPool.release(slot);
+}
+
+/** Encrypts the IP packet in `slot` for `peer` and queues the datagram, or stages/drops it. */
+function encryptSlot(peer: number, source: number, slot: number, ipLength: number): void {
+  const handle = (source << HANDLE_SOURCE_SHIFT) | slot;
+  const payload = slabOf(source).payloadView(slot);
+  const length = datapath.encrypt(peer, handle, payload, ipLength, now);
+  if (length === STAGED) return;
+  if (length === DROPPED) {
+    releaseHandle(handle);
+    return;
+  }
+  const endpoint = datapath.endpointOf(peer)!;
+  const i = sendCount++;
+  sendViews[i] = payload;
+  sendHandles[i] = handle;
+  sendPeers[i] = peer;
+  sendMeta.setLength(i, length);
+  sendMeta.setRemote(i, endpoint.family, endpoint.address, endpoint.port);
+  if (endpoint.localAddress === null) sendMeta.clearLocal(i);
+  else sendMeta.setLocal(i, endpoint.family, endpoint.localAddress, endpoint.localIfindex);
+  if (sendCount === BATCH) flushSends();
+}
+
+function flushSends(): void {
+  if (sendCount === 0) return;
+  const count = sendCount;
+  const done = socket.sendBatch(sendViews, sendMeta, count);
+  for (let i = 0; i < done; i++) {
+    const status = sendMeta.status(i);
+    if (status !== 0 && sendMeta.localFamily(i) !== 0 && (status === EINVAL || status === EADDRNOTAVAIL)) {
+      // The address the peer's packets arrived on is gone: forget it and let the kernel choose
+      // (wireguard-go clears the sticky source the same way), then send this one again.
+      forgetSource(sendPeers[i]!);
+      sendMeta.clearLocal(i);
+      if (socket.sendOne(sendViews[i]!, sendMeta, i) === 1 && sendMeta.status(i) === 0) {
+        releaseHandle(sendHandles[i]!);
+        continue;
+      }
+    }
+    if (sendMeta.status(i) !== 0) ioDrops.sendFailed++;
+    releaseHandle(sendHandles[i]!);
+  }
+  for (let i = done; i < count; i++) {
+    ioDrops.sendBufferFull++;
+    releaseHandle(sendHandles[i]!);
+  }
+  sendCount = 0;
+}
+
+function forgetSource(peer: number): void {
+  const endpoint = datapath.endpointOf(peer);
+  if (endpoint === null || endpoint.localAddress === null) return;
+  const cleared: Endpoint = { ...endpoint, localAddress: null, localIfindex: 0 };
+  datapath.setEndpoint(peer, cleared);
+  notifyControl({ kind: 'endpoint', peer, endpoint: cleared });
+}
+
+function flushStaged(peer: number, keepaliveIfNone: boolean): void {
+  const handles = datapath.takeStaged(peer, now);
+  if (handles.length === 0) {
+    if (keepaliveIfNone) effects.sendKeepalive(peer);
+    return;
+  }
+  for (const handle of handles) {
+    const source = handle >>> HANDLE_SOURCE_SHIFT;
+    const slot = handle & ((1 << HANDLE_SOURCE_SHIFT) - 1);
+    encryptSlot(peer, source, slot, source === FROM_TUN ? end.fromTun.slab.payloadLength(slot) : 0);
+  }
+}
+
+// ---- receiving ----------------------------------------------------------------------------------
+
+/** The datagram in the slot being decrypted, seen as a DatagramSource (one reusable object). */
+class SlotSource implements DatagramSource {
+  slab: Slab = end.fromUdp.slab;
+  slot = 0;
+
+  matches(endpoint: Endpoint | null): boolean {
+    if (endpoint === null) return false;
+    const slab = this.slab;
+    const slot = this.slot;
+    if (slab.remoteFamily(slot) !== endpoint.family || slab.remotePort(slot) !== endpoint.port) return false;
+    const remote = slab.remoteAddressView(slot);
+    const address = endpoint.address;
+    for (let k = 0; k < address.length; k++) if (remote[k] !== address[k]) return false;
+    const local = slab.localAddressView(slot);
+    const known = endpoint.localAddress;
+    if (known === null) return isZero(local);
+    for (let k = 0; k < known.length; k++) if (local[k] !== known[k]) return false;
+    return true;
+  }
+
+  toEndpoint(): Endpoint {
+    const slab = this.slab;
+    const slot = this.slot;
+    const family = slab.remoteFamily(slot) === 4 ? 4 : 6;
+    const size = family === 4 ? 4 : 16;
+    const local = slab.localAddressView(slot);
+    return {
+      family,
+      address: slab.remoteAddressView(slot).slice(0, size),
+      port: slab.remotePort(slot),
+      localAddress: isZero(local) ? null : local.slice(0, size),
+      localIfindex: slab.localIfindex(slot),
+    };
+  }
+}
+
+function isZero(bytes: Uint8Array): boolean {
+  for (let k = 0; k < bytes.length; k++) if (bytes[k] !== 0) return false;
+  return true;
+}
+
+const source = new SlotSource();
+const peerOut = new Int32Array(1);
+
+function decryptSlot(link: InboundLink, slot: number): void {
+  const payload = link.slab.payloadView(slot);
+  source.slot = slot;
+  const length = datapath.decrypt(payload, link.slab.payloadLength(slot), source, now, peerOut);
+  if (length > 0) {
+    try {
+      if (tunWrite(tunFd, payload, SLOT_PLAINTEXT_OFFSET, length) === 0) ioDrops.tunWriteFailed++;
+    } catch {
+      // EIO while the link is down, EINVAL for a packet the kernel refuses: count and go on.
+      ioDrops.tunWriteFailed++;
+    }
+  }
+  returnSlot(link, slot);
+}
+
+// ---- the loop -----------------------------------------------------------------------------------
+
+const popped = new Uint32Array(BATCH);
+const allDrops = (): Record<string, number> => ({ ...datapath.drops, ...ioDrops });
+const hasWork = (): boolean => end.hasWork() || inbox.pending();
+
+function applyCommand(command: WorkerCommand): void {
+  applyWorkerCommand(datapath, command, effects);
+}
+
+notifyControl({ kind: 'ready', thread: threadName });
+while (running) {
+  now = monotonicNow();
+  inbox.drain(applyCommand);
+  end.ownPool.reclaim();
+  const outbound = end.fromTun.ring.popBatch(popped);
+  for (let i = 0; i < outbound; i++) {
+    const slot = popped[i]!;
+    const slab = end.fromTun.slab;
+    encryptSlot(slab.peerId(slot), FROM_TUN, slot, slab.payloadLength(slot));
+  }
+  flushSends();
+  const inbound = end.fromUdp.ring.popBatch(popped);
+  for (let i = 0; i < inbound; i++) decryptSlot(end.fromUdp, popped[i]!);
+  flushSends();
+  reporter.maybeReport(allDrops, now);
+  if (outbound === 0 && inbound === 0) waitForWork(end.doorbell, IDLE_WAIT_MS, hasWork);
+}
+flushSends();
+reporter.maybeReport(allDrops, monotonicNow(), true);
