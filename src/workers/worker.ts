@@ -21,10 +21,9 @@ const BATCH = 64;
 const IDLE_WAIT_MS = 1_000;
 /** A worker asks for a handshake for the same peer at most this often (the engine rate-limits too). */
 const HANDSHAKE_REQUEST_INTERVAL_MS = 250;
-/** Staged handles say which slab their slot belongs to. */
+/** Which slab a slot being encrypted belongs to (a slot is returned to where it came from). */
 const FROM_TUN = 0;
 const OWN = 1;
-const HANDLE_SOURCE_SHIFT = 20;
 
 const init = threadInit();
 const end = attachWorker(init.fabric, init.workerIndex);
@@ -51,7 +50,7 @@ const datapath = new Datapath(aeadBackend(), stats, init.mtu, {
     notifyControl({ kind: 'endpoint', peer, endpoint });
   },
   releaseStaged(handle) {
-    releaseHandle(handle);
+    stagedPackets.delete(handle);
   },
   sessionConfirmed(peer) {
     notifyControl({ kind: 'sessionConfirmed', peer });
@@ -80,34 +79,43 @@ const effects: CommandEffects = {
 
 const sendMeta = new DatagramMeta(BATCH);
 const sendViews: Uint8Array[] = [];
-const sendHandles = new Int32Array(BATCH);
+const sendSources = new Uint8Array(BATCH);
+const sendSlots = new Int32Array(BATCH);
 const sendPeers = new Int32Array(BATCH);
 let sendCount = 0;
 
-function slabOf(source: number): Slab {
-  return source === FROM_TUN ? end.fromTun.slab : end.ownPool.slab;
-}
+/**
+ * Packets waiting for a session, copied out of their slots so that a peer stuck in handshakes
+ * cannot pin the TUN reader's slab (the datapath bounds how many each peer may keep).
+ */
+const stagedPackets = new Map<number, Uint8Array>();
+let nextStagedHandle = 1;
 
-function releaseHandle(handle: number): void {
-  const slot = handle & ((1 << HANDLE_SOURCE_SHIFT) - 1);
-  if (handle >>> HANDLE_SOURCE_SHIFT === FROM_TUN) returnSlot(end.fromTun, slot);
+function releaseSlot(source: number, slot: number): void {
+  if (source === FROM_TUN) returnSlot(end.fromTun, slot);
   else end.ownPool.release(slot);
 }
 
 /** Encrypts the IP packet in `slot` for `peer` and queues the datagram, or stages/drops it. */
 function encryptSlot(peer: number, source: number, slot: number, ipLength: number): void {
-  const handle = (source << HANDLE_SOURCE_SHIFT) | slot;
-  const payload = slabOf(source).payloadView(slot);
+  const payload = (source === FROM_TUN ? end.fromTun.slab : end.ownPool.slab).payloadView(slot);
+  const handle = nextStagedHandle;
   const length = datapath.encrypt(peer, handle, payload, ipLength, now);
-  if (length === STAGED) return;
+  if (length === STAGED) {
+    nextStagedHandle++;
+    stagedPackets.set(handle, payload.slice(SLOT_PLAINTEXT_OFFSET, SLOT_PLAINTEXT_OFFSET + ipLength));
+    releaseSlot(source, slot);
+    return;
+  }
   if (length === DROPPED) {
-    releaseHandle(handle);
+    releaseSlot(source, slot);
     return;
   }
   const endpoint = datapath.endpointOf(peer)!;
   const i = sendCount++;
   sendViews[i] = payload;
-  sendHandles[i] = handle;
+  sendSources[i] = source;
+  sendSlots[i] = slot;
   sendPeers[i] = peer;
   sendMeta.setLength(i, length);
   sendMeta.setRemote(i, endpoint.family, endpoint.address, endpoint.port);
@@ -127,17 +135,14 @@ function flushSends(): void {
       // (wireguard-go clears the sticky source the same way), then send this one again.
       forgetSource(sendPeers[i]!);
       sendMeta.clearLocal(i);
-      if (socket.sendOne(sendViews[i]!, sendMeta, i) === 1 && sendMeta.status(i) === 0) {
-        releaseHandle(sendHandles[i]!);
-        continue;
-      }
+      socket.sendOne(sendViews[i]!, sendMeta, i);
     }
     if (sendMeta.status(i) !== 0) ioDrops.sendFailed++;
-    releaseHandle(sendHandles[i]!);
+    releaseSlot(sendSources[i]!, sendSlots[i]!);
   }
   for (let i = done; i < count; i++) {
     ioDrops.sendBufferFull++;
-    releaseHandle(sendHandles[i]!);
+    releaseSlot(sendSources[i]!, sendSlots[i]!);
   }
   sendCount = 0;
 }
@@ -157,9 +162,16 @@ function flushStaged(peer: number, keepaliveIfNone: boolean): void {
     return;
   }
   for (const handle of handles) {
-    const source = handle >>> HANDLE_SOURCE_SHIFT;
-    const slot = handle & ((1 << HANDLE_SOURCE_SHIFT) - 1);
-    encryptSlot(peer, source, slot, source === FROM_TUN ? end.fromTun.slab.payloadLength(slot) : 0);
+    const packet = stagedPackets.get(handle);
+    stagedPackets.delete(handle);
+    if (packet === undefined) continue;
+    const slot = end.ownPool.allocate();
+    if (slot < 0) {
+      ioDrops.noFreeSlot++;
+      continue;
+    }
+    end.ownPool.slab.payloadView(slot).set(packet, SLOT_PLAINTEXT_OFFSET);
+    encryptSlot(peer, OWN, slot, packet.length);
   }
 }
 
@@ -167,7 +179,7 @@ function flushStaged(peer: number, keepaliveIfNone: boolean): void {
 
 /** The datagram in the slot being decrypted, seen as a DatagramSource (one reusable object). */
 class SlotSource implements DatagramSource {
-  slab: Slab = end.fromUdp.slab;
+  readonly slab: Slab = end.fromUdp.slab;
   slot = 0;
 
   matches(endpoint: Endpoint | null): boolean {
