@@ -274,17 +274,11 @@ export class Lab {
   async namespace(label: string): Promise<Netns> {
     const ns = new Netns(this, this.name(label));
     await run('ip', ['netns', 'add', ns.name]);
-    const remove = (): string[] => ['netns', 'del', ns.name];
     this.defer(`namespace ${ns.name}`, async () => {
       // Whatever still runs inside (e.g. a daemon wg-quick detached) was started by this lab.
       for (const pid of await ns.pids()) killPid(pid);
-      await run('ip', remove(), { check: false });
-    }, () => {
-      for (const pid of spawnSync('ip', ['netns', 'pids', ns.name], { encoding: 'utf8' }).stdout.split(/\s+/)) {
-        if (pid) killPid(Number(pid));
-      }
-      spawnSync('ip', remove());
-    });
+      await run('ip', ['netns', 'del', ns.name], { check: false });
+    }, () => deleteNamespaceSync(ns.name));
     await ns.ip(['link', 'set', 'lo', 'up']);
     return ns;
   }
@@ -397,6 +391,14 @@ function killPid(pid: number): void {
   }
 }
 
+/** Kills what runs inside namespace `name` (all of it started by a lab), then deletes it. */
+function deleteNamespaceSync(name: string): void {
+  for (const pid of spawnSync('ip', ['netns', 'pids', name], { encoding: 'utf8' }).stdout.split(/\s+/)) {
+    if (pid) killPid(Number(pid));
+  }
+  spawnSync('ip', ['netns', 'del', name]);
+}
+
 function removeLeftoverSockets(prefix: string): void {
   if (!existsSync(UAPI_SOCKET_DIR)) return;
   for (const entry of readdirSync(UAPI_SOCKET_DIR)) {
@@ -434,12 +436,7 @@ function sweepStaleNamespaces(): void {
   const listing = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout ?? '';
   for (const line of listing.split('\n')) {
     const name = line.split(' ')[0];
-    if (name && !creatorAlive(name)) {
-      for (const pid of spawnSync('ip', ['netns', 'pids', name], { encoding: 'utf8' }).stdout.split(/\s+/)) {
-        if (pid) killPid(Number(pid));
-      }
-      spawnSync('ip', ['netns', 'del', name]);
-    }
+    if (name && !creatorAlive(name)) deleteNamespaceSync(name);
   }
   if (existsSync(UAPI_SOCKET_DIR)) {
     for (const entry of readdirSync(UAPI_SOCKET_DIR)) {
