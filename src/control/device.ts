@@ -10,9 +10,9 @@ import { attachControl, createFabric, returnSlot, type ControlEnd, type FabricDe
 import { Doorbell, waitForWorkAsync } from '../ring/doorbell.ts';
 import { PEER_RECORD_F64S, PEER_RX_ANY_PACKETS_F64, PEER_RX_BYTES_F64, PEER_RX_DATA_PACKETS_F64, PEER_TX_ANY_PACKETS_F64, PEER_TX_BYTES_F64, PEER_TX_DATA_PACKETS_F64 } from '../ring/layout.ts';
 import { Tun } from '../io/tun.ts';
-import { DatagramMeta, UdpSocket } from '../io/udp.ts';
+import { DatagramMeta, UdpSocket, sourceMayBeStale } from '../io/udp.ts';
 import { LinkWatcher } from '../io/netlink.ts';
-import { setIntOption, SOL_SOCKET } from '../io/libc.ts';
+import { closeFd, createEventFd, setIntOption, signalEventFd, SOL_SOCKET } from '../io/libc.ts';
 import { AllowedIps } from '../wireguard/allowedips.ts';
 import { DEFAULT_MTU, UNDER_LOAD_AFTER_TIME_MS } from '../wireguard/constants.ts';
 import { WireGuardEngine, type EngineEvent } from '../wireguard/engine.ts';
@@ -66,6 +66,8 @@ export class Device {
   private readonly stats: Float64Array;
   private readonly sendMeta = new DatagramMeta(1);
   private readonly linkWatcher: LinkWatcher;
+  /** eventfds the TUN and UDP readers poll beside their descriptors, to hear commands at once. */
+  private readonly readerWakeFds: readonly [number, number];
   private uapi: UapiServer | null = null;
   private privateKey: Uint8Array | null = null;
   private fwmark = 0;
@@ -92,6 +94,7 @@ export class Device {
     this.stats = new Float64Array(this.fabric.peerTable);
     this.commandSignals = new Int32Array(new SharedArrayBuffer(4 * (options.workers + 2)));
     this.linkWatcher = LinkWatcher.open(this.tun.ifindex, this.tun.fds[0]!, DEFAULT_MTU);
+    this.readerWakeFds = [createEventFd(), createEventFd()];
     this.engine = new WireGuardEngine({
       shardCount: options.workers,
       random: () => randomInt(2 ** 32) / 2 ** 32,
@@ -166,6 +169,8 @@ export class Device {
   private rebind(port: number): void {
     try {
       this.socket.rebind(port);
+      // The UDP reader's poll(2) still holds the old socket: wake it so the old port is released.
+      signalEventFd(this.readerWakeFds[1]);
     } catch (error) {
       throw new UapiError(UAPI_ERRNO.portInUse, `uapi: cannot listen on port ${port}: ${(error as Error).message}`, { cause: error });
     }
@@ -267,18 +272,19 @@ export class Device {
   }
 
   private async startThreads(): Promise<void> {
-    const init = (workerIndex: number): ThreadInit => ({
+    const init = (workerIndex: number, wakeFd: number): ThreadInit => ({
       fabric: this.fabric,
       udpFd: this.socket.fd,
       tunFds: this.tun.fds,
       commandSignals: this.commandSignals.buffer as SharedArrayBuffer,
       workerIndex,
+      wakeFd,
       logLevel: this.options.logLevel,
       mtu: DEFAULT_MTU,
     });
     const ready: Promise<void>[] = [];
-    const spawn = (file: string, workerIndex: number): Worker => {
-      const worker = new Worker(new URL(file, import.meta.url), { workerData: init(workerIndex), name: file });
+    const spawn = (file: string, workerIndex: number, wakeFd = -1): Worker => {
+      const worker = new Worker(new URL(file, import.meta.url), { workerData: init(workerIndex, wakeFd), name: file });
       ready.push(
         new Promise<void>((resolve, reject) => {
           worker.once('message', () => resolve());
@@ -293,7 +299,10 @@ export class Device {
       return worker;
     };
     for (let k = 0; k < this.options.workers; k++) this.workers.push(spawn('../workers/worker.ts', k));
-    this.readers.push(spawn('../workers/tun-reader.ts', 0), spawn('../workers/udp-reader.ts', 0));
+    this.readers.push(
+      spawn('../workers/tun-reader.ts', 0, this.readerWakeFds[0]),
+      spawn('../workers/udp-reader.ts', 0, this.readerWakeFds[1]),
+    );
     await Promise.all(ready);
   }
 
@@ -308,8 +317,10 @@ export class Device {
   }
 
   private postReader(role: 'tunReader' | 'udpReader', command: ReaderCommand): void {
-    this.readers[role === 'tunReader' ? 0 : 1]?.postMessage(command);
+    const index = role === 'tunReader' ? 0 : 1;
+    this.readers[index]?.postMessage(command);
     Atomics.add(this.commandSignals, commandSignalIndex(role, 0, this.options.workers), 1);
+    signalEventFd(this.readerWakeFds[index]);
   }
 
   private broadcastRoutes(changes: readonly RouteChange[]): void {
@@ -400,8 +411,10 @@ export class Device {
 
   /** Moves the engine's output to the socket and to the owning workers. */
   private pump(): void {
-    for (let t = this.engine.pollTransmit(); t !== undefined; t = this.engine.pollTransmit()) this.transmit(t.to, t.bytes);
+    // Commands first: a responder's keys must reach its worker before the response leaves, or the
+    // initiator's first data packet could get there ahead of them.
     for (let e = this.engine.pollEvent(); e !== undefined; e = this.engine.pollEvent()) this.dispatch(e);
+    for (let t = this.engine.pollTransmit(); t !== undefined; t = this.engine.pollTransmit()) this.transmit(t.to, t.bytes);
   }
 
   private dispatch(event: EngineEvent): void {
@@ -426,7 +439,7 @@ export class Device {
     meta.setRemote(0, to.family, to.address, to.port);
     if (to.localAddress === null) meta.clearLocal(0);
     else meta.setLocal(0, to.family, to.localAddress, to.localIfindex);
-    if (this.socket.sendOne(bytes, meta, 0) === 1 && meta.status(0) !== 0 && to.localAddress !== null) {
+    if (this.socket.sendOne(bytes, meta, 0) === 1 && sourceMayBeStale(meta.status(0)) && to.localAddress !== null) {
       // The sticky source address is gone: let the kernel choose (wireguard-go does the same).
       meta.clearLocal(0);
       this.socket.sendOne(bytes, meta, 0);
@@ -484,6 +497,7 @@ export class Device {
     await Promise.race([Promise.all(exited), timeout]);
     for (const thread of threads) void thread.terminate();
     this.linkWatcher.close();
+    for (const fd of this.readerWakeFds) closeFd(fd);
     this.socket.close();
     this.tun.close();
     this.resolveStopped();

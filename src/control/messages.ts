@@ -44,6 +44,8 @@ export interface ThreadInit {
   /** Int32 per consumer thread (workers, then readers): bumped by the control thread after each postMessage. */
   readonly commandSignals: SharedArrayBuffer;
   readonly workerIndex: number;
+  /** Readers: an eventfd they poll beside their socket, signalled with each command (-1 for workers). */
+  readonly wakeFd: number;
   readonly logLevel: string;
   readonly mtu: number;
 }

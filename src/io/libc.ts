@@ -38,6 +38,7 @@ export const libc = {
   ioctl: lib.func('int ioctl(int fd, unsigned long request, void *arg)'),
   fcntl: lib.func('int fcntl(int fd, int cmd, int arg)'),
   dup3: lib.func('int dup3(int oldfd, int newfd, int flags)'),
+  eventfd: lib.func('int eventfd(unsigned int initval, int flags)'),
   setns: lib.func('int setns(int fd, int nstype)'),
   getuid: lib.func('uint32_t geteuid(void)'),
 } as const;
@@ -76,6 +77,8 @@ export const MSG_DONTWAIT = 0x40;
 export const MSG_TRUNC = 0x20;
 
 // open(2) and fcntl(2).
+export const EFD_CLOEXEC = 0o2000000;
+export const EFD_NONBLOCK = 0o4000;
 export const O_RDWR = 2;
 export const O_RDONLY = 0;
 export const O_NONBLOCK = 0o4000;
@@ -185,28 +188,49 @@ export function closeFd(fd: number): void {
   if (libc.close(fd) < 0 && koffi.errno() !== EINTR) throwErrno('close');
 }
 
-// One pollfd per thread for waitReadable: module state is per isolate, so threads never share it.
-const pollFds = new Int32Array(2); // { int fd; short events; short revents; }
+// Two pollfds per thread for waitReadable: module state is per isolate, so threads never share it.
+const pollFds = new Int32Array(4); // 2 × { int fd; short events; short revents; }
 const pollShorts = new Int16Array(pollFds.buffer);
+const eventCounter = new BigUint64Array(1);
 
 /**
  * Waits until `fd` is readable (or has an error or hang-up to report, which the next read
- * returns), or `timeoutMs` passes (-1: forever). Returns false on timeout or EINTR, so a reader
- * thread wakes up regularly to check whether it should stop. Throws SyscallError for a closed fd.
+ * returns), `wakeFd` (an eventfd, -1 for none) is signalled, or `timeoutMs` passes (-1: forever).
+ * Returns true only when `fd` is ready; a signal on `wakeFd` is consumed here. A reader thread
+ * uses the wake descriptor to learn of commands at once instead of at its next timeout.
+ * Throws SyscallError for a closed fd.
  */
-export function waitReadable(fd: number, timeoutMs: number): boolean {
+export function waitReadable(fd: number, timeoutMs: number, wakeFd = -1): boolean {
   pollFds[0] = fd;
   pollShorts[2] = POLLIN;
   pollShorts[3] = 0;
-  const ready = libc.poll(pollFds, 1, timeoutMs);
+  pollFds[2] = wakeFd;
+  pollShorts[6] = POLLIN;
+  pollShorts[7] = 0;
+  const ready = libc.poll(pollFds, wakeFd >= 0 ? 2 : 1, timeoutMs);
   if (ready < 0) {
     if (koffi.errno() === EINTR) return false;
     throwErrno('poll');
   }
   if (ready === 0) return false;
+  if (wakeFd >= 0 && (pollShorts[7] ?? 0) !== 0) libc.read(wakeFd, eventCounter, 8);
   const revents = pollShorts[3] ?? 0;
   if ((revents & POLLNVAL) !== 0) throw new SyscallError('poll', EBADF, `fd ${fd} is not open`);
-  return true;
+  return revents !== 0;
+}
+
+/** A non-blocking eventfd(2): what a thread can poll(2) on to be woken by another thread. */
+export function createEventFd(): number {
+  const fd = libc.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (fd < 0) throwErrno('eventfd');
+  return fd;
+}
+
+const one = new BigUint64Array([1n]);
+
+/** Wakes whoever polls `fd` (an eventfd); cheap, never blocks. */
+export function signalEventFd(fd: number): void {
+  libc.write(fd, one, 8);
 }
 
 /** Whether this process may use the *FORCE socket options and create TUN devices. */

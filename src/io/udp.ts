@@ -527,6 +527,8 @@ export class UdpSocket {
     } finally {
       libc.close(replacement);
     }
+    // A thread blocked in poll(2) on this descriptor keeps the old socket, and its port, until it
+    // wakes: callers with such a reader wake it (see waitReadable's wake descriptor).
     return this.port();
   }
 

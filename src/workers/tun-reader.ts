@@ -14,7 +14,8 @@ import { applyRouteChanges } from './commands.ts';
 import { CommandInbox, DropReporter, notifyControl, threadInit } from './thread-support.ts';
 
 const BATCH = 64;
-const POLL_TIMEOUT_MS = 100;
+/** A poll(2) wakes on commands through the wake eventfd; the timeout is only a safety net. */
+const POLL_TIMEOUT_MS = 1_000;
 
 const init = threadInit();
 const fabric = attachTunReader(init.fabric);
@@ -91,7 +92,7 @@ try {
       else applyRouteChanges(routes, command.changes);
     });
     if (!running) break;
-    if (readBatch() === 0) waitReadable(fd, POLL_TIMEOUT_MS);
+    if (readBatch() === 0) waitReadable(fd, POLL_TIMEOUT_MS, init.wakeFd);
     reporter.maybeReport(() => drops, performance.now());
   }
 } catch (error) {

@@ -17,8 +17,8 @@ import { DatagramMeta, META_BYTES, META_LOCAL_ADDRESS_BYTE, META_REMOTE_ADDRESS_
 import { CommandInbox, DropReporter, notifyControl, threadInit } from './thread-support.ts';
 
 const BATCH = 64;
-/** How long a poll(2) may block, so that commands (stop) are seen promptly. */
-const POLL_TIMEOUT_MS = 100;
+/** A poll(2) wakes on commands through the wake eventfd; the timeout is only a safety net. */
+const POLL_TIMEOUT_MS = 1_000;
 
 const init = threadInit();
 const fabric = attachUdpReader(init.fabric);
@@ -107,7 +107,7 @@ while (running) {
     if (command.kind === 'stop') running = false;
   });
   if (!running) break;
-  if (receiveBatch() === 0) waitReadable(socket.fd, POLL_TIMEOUT_MS);
+  if (receiveBatch() === 0) waitReadable(socket.fd, POLL_TIMEOUT_MS, init.wakeFd);
   reporter.maybeReport(() => drops, performance.now());
 }
 reporter.maybeReport(() => drops, performance.now(), true);

@@ -11,8 +11,7 @@ import type { Slab } from '../ring/slab.ts';
 import { waitForWork } from '../ring/doorbell.ts';
 import { aeadBackend } from '../wireguard/aead.ts';
 import type { Endpoint } from '../wireguard/endpoint.ts';
-import { DatagramMeta, UdpSocket } from '../io/udp.ts';
-import { EADDRNOTAVAIL, EINVAL } from '../io/libc.ts';
+import { DatagramMeta, UdpSocket, sourceMayBeStale } from '../io/udp.ts';
 import { tunWrite } from '../io/tun.ts';
 import { monotonicNow } from '../clock.ts';
 import { CommandInbox, DropReporter, notifyControl, threadInit } from './thread-support.ts';
@@ -130,7 +129,7 @@ function flushSends(): void {
   const done = socket.sendBatch(sendViews, sendMeta, count);
   for (let i = 0; i < done; i++) {
     const status = sendMeta.status(i);
-    if (status !== 0 && sendMeta.localFamily(i) !== 0 && (status === EINVAL || status === EADDRNOTAVAIL)) {
+    if (status !== 0 && sendMeta.localFamily(i) !== 0 && sourceMayBeStale(status)) {
       // The address the peer's packets arrived on is gone: forget it and let the kernel choose
       // (wireguard-go clears the sticky source the same way), then send this one again.
       forgetSource(sendPeers[i]!);
