@@ -780,8 +780,7 @@ export type IperfResult = {
 type IperfJson = {
   readonly error?: string;
   readonly end?: {
-    readonly sum_received?: { readonly bits_per_second: number; readonly bytes: number };
-    readonly sum?: { readonly bits_per_second: number; readonly bytes: number; readonly lost_percent?: number };
+    readonly sum_received?: { readonly bits_per_second: number; readonly bytes: number; readonly lost_percent?: number };
   };
 };
 
@@ -808,16 +807,14 @@ export async function iperf3(server: { readonly ns: Netns; readonly address: str
       throw new LabError(`iperf3 printed no JSON:\n${result.stderr}${result.stdout}`, { cause: error });
     }
     if (report.error !== undefined) throw new LabError(`iperf3: ${report.error}`);
-    if (options.protocol === 'tcp') {
-      const received = report.end?.sum_received;
-      if (received === undefined) throw new LabError('iperf3 TCP report has no end.sum_received');
-      return { gbps: received.bits_per_second / 1e9, bytesReceived: received.bytes, lossPercent: null };
-    }
-    const sum = report.end?.sum;
-    if (sum === undefined) throw new LabError('iperf3 UDP report has no end.sum');
-    const lossPercent = sum.lost_percent ?? 0;
-    return { gbps: (sum.bits_per_second * (1 - lossPercent / 100)) / 1e9,
-      bytesReceived: sum.bytes * (1 - lossPercent / 100), lossPercent };
+    // The receiver's view (iperf3 ≥ 3.12 reports it for UDP too): what actually crossed the tunnel.
+    const received = report.end?.sum_received;
+    if (received === undefined) throw new LabError('iperf3 report has no end.sum_received');
+    return {
+      gbps: received.bits_per_second / 1e9,
+      bytesReceived: received.bytes,
+      lossPercent: options.protocol === 'udp' ? received.lost_percent ?? null : null,
+    };
   } finally {
     await serverProcess.stop();
   }
