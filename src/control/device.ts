@@ -20,7 +20,7 @@ import { formatEndpoint, type Endpoint } from '../wireguard/endpoint.ts';
 import { isZeroKey, keyToHex, toPresharedKey, toPrivateKey, toPublicKey, zeroPresharedKey } from '../wireguard/keys.ts';
 import { UAPI_ERRNO, UapiError, type DeviceSnapshot, type PeerOperation, type SetOperation } from '../uapi/protocol.ts';
 import { listenUapi, type UapiServer } from '../uapi/server.ts';
-import { commandSignalIndex, type ControlNotice, type ReaderCommand, type RouteChange, type ThreadInit, type WorkerCommand } from './messages.ts';
+import { commandSignalIndex, DROP_REPORT_INTERVAL_MS, type ControlNotice, type ReaderCommand, type RouteChange, type ThreadInit, type WorkerCommand } from './messages.ts';
 
 const SO_MARK = 36;
 /** How often worker counters are turned into timer events, and timers are checked. */
@@ -75,6 +75,8 @@ export class Device {
   private tick: NodeJS.Timeout | null = null;
   private linkPoll: NodeJS.Timeout | null = null;
   private stopping: Promise<void> | null = null;
+  private lastDropReportAt = 0;
+  private lastDropTotal = 0;
   readonly drops = new Map<string, Readonly<Record<string, number>>>();
   /** Resolves when the device has stopped (deleted interface, signal, fatal error). */
   readonly stopped: Promise<void>;
@@ -407,6 +409,19 @@ export class Device {
     }
     if (this.engine.pollTimeout() <= now) this.engine.handleTimeout(now);
     this.pump();
+    this.reportHandshakeDrops(now);
+  }
+
+  /** Logs the engine's handshake drop counters when they changed (like the packet threads do). */
+  private reportHandshakeDrops(now: number): void {
+    if (now - this.lastDropReportAt < DROP_REPORT_INTERVAL_MS) return;
+    const counts = { ...this.engine.drops };
+    const total = Object.values(counts).reduce((sum, n) => sum + n, 0);
+    if (total === this.lastDropTotal) return;
+    this.lastDropReportAt = now;
+    this.lastDropTotal = total;
+    this.drops.set('control', counts);
+    this.log.info({ thread: 'control', drops: counts }, 'dropped packets');
   }
 
   /** Moves the engine's output to the socket and to the owning workers. */

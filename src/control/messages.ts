@@ -3,6 +3,9 @@
 import type { Endpoint } from '../wireguard/endpoint.ts';
 import type { KeypairMaterial } from '../wireguard/session.ts';
 
+/** How often a thread reports (and the control thread logs) drop counters that changed. */
+export const DROP_REPORT_INTERVAL_MS = 2_000;
+
 /** A change to the cryptokey routing table (whitepaper §2), mirrored in every packet thread. */
 export type RouteChange =
   | { readonly op: 'insert'; readonly bytes: Uint8Array; readonly prefixLength: number; readonly peer: number }
