@@ -1,10 +1,8 @@
 // What every packet thread shares: reading its init data, draining the control thread's commands
 // without yielding to the event loop, and reporting drop counters now and then.
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
-import type { ControlNotice, ThreadInit } from '../control/messages.ts';
+import { DROP_REPORT_INTERVAL_MS, type ControlNotice, type ThreadInit } from '../control/messages.ts';
 
-/** How often a thread reports changed drop counters to the control thread. */
-export const DROP_REPORT_INTERVAL_MS = 2_000;
 
 export function threadInit(): ThreadInit {
   if (parentPort === null) throw new Error('workers: this file runs as a worker thread');
