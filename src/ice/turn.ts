@@ -6,56 +6,18 @@
 // what the server sent; `handleTimeout(now)` retransmits and refreshes; `pollTransmit()` yields
 // datagrams for the server, `pollEvent()` what happened, `pollTimeout()` when to call again.
 // Time is always a parameter (milliseconds on any monotonic clock); the client never touches a
-// socket or a clock. Messages are encoded and parsed with werift-ice's STUN codec.
+// socket or a clock. Messages go through the STUN layer in ./stun.ts (werift-ice's codec underneath).
 //
 // Data path: `encapsulate(peer, payload)` wraps a datagram for a peer (ChannelData once a channel
 // is bound, RFC 8656 §12; a Send indication while only the permission exists, §10), and
 // `decapsulate(bytes)` unwraps ChannelData or a Data indication from the server. Malformed input
 // never throws: it is counted in `drops` and ignored.
-import { createHash, createHmac } from 'node:crypto';
-import { isIPv4, isIPv6 } from 'node:net';
-import { Message, classes, methods, parseMessage } from 'werift-ice';
-
-// ---------------------------------------------------------------------------------------------
-// Addresses
-
-/** An IP address (canonical text: IPv4 dotted quad, IPv6 RFC 5952) and a UDP port. */
-export type TransportAddress = { readonly ip: string; readonly port: number };
-
-/**
- * Validates and canonicalises an address: IPv4-mapped IPv6 (`::ffff:a.b.c.d`, what a dual-stack
- * socket reports for IPv4) becomes plain IPv4, IPv6 is compressed as RFC 5952 says, so that two
- * spellings of one address compare equal. RangeError for anything that is not an IP and a port.
- */
-export function transportAddress(ip: string, port: number): TransportAddress {
-  if (!Number.isInteger(port) || port < 0 || port > 0xffff) throw new RangeError(`turn: invalid port ${port}`);
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
-  if (mapped?.[1] !== undefined && isIPv4(mapped[1])) return { ip: mapped[1], port };
-  if (isIPv4(ip)) return { ip, port };
-  if (!isIPv6(ip) || ip.includes('%')) throw new RangeError(`turn: invalid IP address ${JSON.stringify(ip)}`);
-  // The WHATWG URL serializer prints IPv6 hosts in the RFC 5952 form.
-  return { ip: new URL(`http://[${ip}]/`).hostname.slice(1, -1), port };
-}
-
-/** `a.b.c.d:port` or `[v6]:port`. */
-export function formatTransportAddress(address: TransportAddress): string {
-  return address.ip.includes(':') ? `[${address.ip}]:${address.port}` : `${address.ip}:${address.port}`;
-}
-
-/** Parses `a.b.c.d:port` or `[v6]:port` (numeric only); RangeError otherwise. */
-export function parseTransportAddress(text: string): TransportAddress {
-  const match = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(text);
-  if (match === null) throw new RangeError(`turn: expected IP:PORT or [IPv6]:PORT, got ${JSON.stringify(text)}`);
-  return transportAddress(match[1] ?? match[2] ?? '', Number(match[3]));
-}
-
-export function sameTransportAddress(a: TransportAddress, b: TransportAddress): boolean {
-  return a.port === b.port && a.ip === b.ip;
-}
-
-function addressKey(address: TransportAddress): string {
-  return `${address.ip}|${address.port}`;
-}
+import { createHmac, randomBytes } from 'node:crypto';
+import { addressKey, canonicalTransportAddress, sameTransportAddress, type TransportAddress } from './address.ts';
+import {
+  StunAttribute, StunMessageBuilder, StunMethod, getAttribute, getErrorCode, getString, getUint32, getXorAddress,
+  longTermKey, parseStun, transactionIdFromBytes, verifyIntegrity, type StunMessage, type TransactionId,
+} from './stun.ts';
 
 // ---------------------------------------------------------------------------------------------
 // Credentials
@@ -88,7 +50,7 @@ export const CHANNEL_NUMBER_MAX = 0x4fff;
 /** RFC 8656 §12.4: channel number (2 bytes) and length (2 bytes) before the application data. */
 export const CHANNEL_DATA_HEADER_BYTES = 4;
 /** RFC 8656 §14.7: REQUESTED-TRANSPORT carries the IP protocol number in its first byte; 17 is UDP. */
-const REQUESTED_TRANSPORT_UDP = 17 << 24;
+const UDP_PROTOCOL = 17;
 /** Lifetime we ask for (Firezone uses the RFC's default of 10 minutes, RFC 8656 §7.2). */
 const REQUESTED_LIFETIME_S = 600;
 /** RFC 8656 §9: a permission lasts 300 s; refresh it a minute early so it never lapses. */
@@ -197,14 +159,9 @@ type PeerState = {
   channelPending: boolean;
 };
 
-type Auth = { readonly realm: string; nonce: Buffer; readonly key: Buffer };
+type Auth = { readonly realm: string; nonce: Uint8Array; readonly key: Uint8Array };
 
 const NEVER = Number.POSITIVE_INFINITY;
-
-/** RFC 8489 §9.2.2: the long-term key is MD5(username ":" realm ":" password). */
-function longTermKey(credentials: TurnCredentials, realm: string): Buffer {
-  return createHash('md5').update(`${credentials.username}:${realm}:${credentials.password}`).digest();
-}
 
 /** Writes the ChannelData header (RFC 8656 §12.4) for `length` bytes of data at `offset`. */
 export function writeChannelDataHeader(out: Uint8Array, offset: number, channel: number, length: number): void {
@@ -220,31 +177,6 @@ export function writeChannelDataHeader(out: Uint8Array, offset: number, channel:
 /** RFC 7983 §7 / RFC 8656 §12: ChannelData starts with a byte in 64–79 (channel 0x4000–0x4FFF). */
 export function isChannelData(bytes: Uint8Array): boolean {
   return bytes.length >= CHANNEL_DATA_HEADER_BYTES && (bytes[0] ?? 0) >= 0x40 && (bytes[0] ?? 0) <= 0x4f;
-}
-
-function asBuffer(bytes: Uint8Array): Buffer {
-  return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-}
-
-function errorCodeOf(message: Message): [number, string] | null {
-  const value: unknown = message.getAttributeValue('ERROR-CODE');
-  if (!Array.isArray(value) || typeof value[0] !== 'number') return null;
-  return [value[0], typeof value[1] === 'string' ? value[1] : ''];
-}
-
-function addressAttribute(message: Message, name: 'XOR-RELAYED-ADDRESS' | 'XOR-MAPPED-ADDRESS' | 'XOR-PEER-ADDRESS'): TransportAddress | null {
-  const value: unknown = message.getAttributeValue(name);
-  if (!Array.isArray(value) || typeof value[0] !== 'string' || typeof value[1] !== 'number') return null;
-  try {
-    return transportAddress(value[0], value[1]);
-  } catch {
-    return null;
-  }
-}
-
-function numberAttribute(message: Message, name: 'LIFETIME'): number | null {
-  const value: unknown = message.getAttributeValue(name);
-  return typeof value === 'number' ? value : null;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -275,7 +207,7 @@ export class TurnClient {
   #nextChannel = CHANNEL_NUMBER_MIN;
 
   constructor(options: TurnClientOptions) {
-    this.server = transportAddress(options.server.ip, options.server.port);
+    this.server = canonicalOrThrow(options.server);
     this.#credentials = options.credentials;
     this.#software = options.software;
     this.#initialRtoMs = options.initialRtoMs ?? 1000;
@@ -371,44 +303,31 @@ export class TurnClient {
       if (unwrapped !== null) this.#events.push({ kind: 'data', peer: unwrapped.peer, bytes: Uint8Array.from(unwrapped.payload) });
       return true;
     }
-    let message: Message | undefined;
-    try {
-      message = parseMessage(asBuffer(bytes));
-    } catch {
-      message = undefined;
-    }
-    if (message === undefined) {
+    const message = parseStun(bytes);
+    if (message === null) {
       this.drops.malformed++;
       return true;
     }
-    if (message.messageClass === classes.INDICATION) {
+    if (message.messageClass === 'indication') {
       const data = this.#dataIndication(message);
       if (data !== null) this.#events.push({ kind: 'data', peer: data.peer, bytes: Uint8Array.from(data.payload) });
       return true;
     }
-    if (message.messageClass !== classes.RESPONSE && message.messageClass !== classes.ERROR) {
+    if (message.messageClass === 'request') {
       this.drops.malformed++;
       return true;
     }
-    const id = message.transactionIdHex;
+    const id = message.transactionId;
     const transaction = this.#transactions.get(id);
-    if (transaction === undefined || message.messageMethod !== methodOf(transaction.kind)) {
+    if (transaction === undefined || message.method !== methodOf(transaction.kind)) {
       this.drops.unknownTransaction++;
       return true;
     }
-    if (message.messageClass === classes.RESPONSE) {
+    if (message.messageClass === 'success') {
       // RFC 8489 §9.2.5: a success response to an authenticated request must verify.
-      if (transaction.authenticated) {
-        let verified: Message | undefined;
-        try {
-          verified = this.#auth === null ? undefined : parseMessage(asBuffer(bytes), this.#auth.key);
-        } catch {
-          verified = undefined;
-        }
-        if (verified === undefined) {
-          this.drops.badIntegrity++;
-          return true;
-        }
+      if (transaction.authenticated && (this.#auth === null || !verifyIntegrity(message, this.#auth.key))) {
+        this.drops.badIntegrity++;
+        return true;
       }
       this.#transactions.delete(id);
       this.#onSuccess(transaction, message, now);
@@ -481,25 +400,18 @@ export class TurnClient {
       return out;
     }
     if (!state.permissionConfirmed) return null;
-    const message = new Message(methods.SEND, classes.INDICATION);
-    message.setAttribute('XOR-PEER-ADDRESS', [state.peer.ip, state.peer.port]);
-    message.setAttribute('DATA', Buffer.from(payload));
-    return message.bytes;
+    return new StunMessageBuilder(StunMethod.send, 'indication', newTransactionId())
+      .xorPeerAddress(state.peer).data(payload).encode();
   }
 
   /**
    * Unwraps ChannelData or a Data indication (RFC 8656 §10.4, §12.6) from the server. Returns null
-   * (counted) for anything else; `payload` is a view into `bytes` for ChannelData.
+   * (counted) for anything else; `payload` is a view into `bytes` (copy it to keep it).
    */
   decapsulate(bytes: Uint8Array): TurnDecapsulated | null {
     if (isChannelData(bytes)) return this.#unwrapChannelData(bytes);
-    let message: Message | undefined;
-    try {
-      message = parseMessage(asBuffer(bytes));
-    } catch {
-      message = undefined;
-    }
-    if (message === undefined || message.messageClass !== classes.INDICATION) {
+    const message = parseStun(bytes);
+    if (message === null || message.messageClass !== 'indication') {
       this.drops.malformed++;
       return null;
     }
@@ -509,13 +421,10 @@ export class TurnClient {
   // -------------------------------------------------------------------------------------------
 
   #fromServer(from: TransportAddress): boolean {
-    if (from.port !== this.server.port) return false;
-    if (from.ip === this.server.ip) return true;
-    try {
-      return transportAddress(from.ip, from.port).ip === this.server.ip;
-    } catch {
-      return false;
-    }
+    if (sameTransportAddress(from, this.server)) return true;
+    // A dual-stack socket (node:dgram's udp6) reports IPv4 sources v4-mapped: fold them back.
+    const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(from.address)?.[1];
+    return mapped !== undefined && this.server.family === 4 && from.port === this.server.port && mapped === this.server.address;
   }
 
   #unwrapChannelData(bytes: Uint8Array): TurnDecapsulated | null {
@@ -533,10 +442,10 @@ export class TurnClient {
     return { peer: state.peer, payload: bytes.subarray(CHANNEL_DATA_HEADER_BYTES, CHANNEL_DATA_HEADER_BYTES + length) };
   }
 
-  #dataIndication(message: Message): TurnDecapsulated | null {
-    const peer = addressAttribute(message, 'XOR-PEER-ADDRESS');
-    const data: unknown = message.getAttributeValue('DATA');
-    if (message.messageMethod !== methods.DATA || peer === null || !Buffer.isBuffer(data)) {
+  #dataIndication(message: StunMessage): TurnDecapsulated | null {
+    const peer = getXorAddress(message, StunAttribute.xorPeerAddress);
+    const data = getAttribute(message, StunAttribute.data);
+    if (message.method !== StunMethod.data || peer === undefined || data === undefined) {
       this.drops.unknownChannel++;
       return null;
     }
@@ -544,7 +453,7 @@ export class TurnClient {
   }
 
   #peerState(peer: TransportAddress): PeerState {
-    const canonical = transportAddress(peer.ip, peer.port);
+    const canonical = canonicalOrThrow(peer);
     if (this.#state === 'closing' || this.#state === 'closed' || this.#state === 'failed') {
       throw new Error(`turn: no peers can be added in state ${this.#state}`);
     }
@@ -565,57 +474,43 @@ export class TurnClient {
     this.#channels = [];
   }
 
-  #newRequest(method: methods): Message {
-    const message = new Message(method, classes.REQUEST);
-    if (this.#software !== undefined) message.setAttribute('SOFTWARE', this.#software);
-    return message;
-  }
-
-  /** Adds USERNAME, REALM, NONCE and MESSAGE-INTEGRITY (RFC 8489 §9.2.4); MI must come last. */
-  #authenticate(message: Message): boolean {
-    if (this.#auth === null) return false;
-    message.setAttribute('USERNAME', this.#credentials.username);
-    message.setAttribute('REALM', this.#auth.realm);
-    message.setAttribute('NONCE', this.#auth.nonce);
-    message.addMessageIntegrity(this.#auth.key);
-    return true;
-  }
-
-  #start(kind: RequestKind, message: Message, authenticated: boolean, staleRetries: number, now: number, peer: PeerState | null = null): void {
-    const bytes = message.bytes;
-    this.#transactions.set(message.transactionIdHex, {
-      kind, peer, bytes, authenticated, staleRetries, transmissions: 1, rtoMs: this.#initialRtoMs, nextSendAt: now + this.#initialRtoMs,
+  /**
+   * Builds and sends one request: `attributes` adds the method's own; then SOFTWARE, and the
+   * long-term credentials (USERNAME, REALM, NONCE, MESSAGE-INTEGRITY, RFC 8489 §9.2.4) once the
+   * server has told us its realm and nonce.
+   */
+  #request(kind: RequestKind, attributes: (builder: StunMessageBuilder) => void, staleRetries: number, now: number,
+    peer: PeerState | null = null): void {
+    const id = newTransactionId();
+    const builder = new StunMessageBuilder(methodOf(kind), 'request', id);
+    attributes(builder);
+    if (this.#software !== undefined) builder.software(this.#software);
+    const auth = this.#auth;
+    if (auth !== null) builder.username(this.#credentials.username).realm(auth.realm).nonce(auth.nonce);
+    const bytes = builder.encode(auth === null ? {} : { integrityKey: auth.key });
+    this.#transactions.set(id, {
+      kind, peer, bytes, authenticated: auth !== null, staleRetries, transmissions: 1, rtoMs: this.#initialRtoMs,
+      nextSendAt: now + this.#initialRtoMs,
     });
     this.#transmits.push({ to: this.server, bytes });
   }
 
   #sendAllocate(now: number, staleRetries: number): void {
-    const message = this.#newRequest(methods.ALLOCATE);
-    message.setAttribute('REQUESTED-TRANSPORT', REQUESTED_TRANSPORT_UDP);
-    message.setAttribute('LIFETIME', REQUESTED_LIFETIME_S);
-    const authenticated = this.#authenticate(message);
-    this.#start('allocate', message, authenticated, staleRetries, now);
+    this.#request('allocate', (b) => b.requestedTransport(UDP_PROTOCOL).lifetime(REQUESTED_LIFETIME_S), staleRetries, now);
   }
 
   #sendRefresh(now: number, lifetimeS: number, kind: 'refresh' | 'deallocate', staleRetries: number): void {
-    const message = this.#newRequest(methods.REFRESH);
-    message.setAttribute('LIFETIME', lifetimeS);
-    this.#start(kind, message, this.#authenticate(message), staleRetries, now);
+    this.#request(kind, (b) => b.lifetime(lifetimeS), staleRetries, now);
   }
 
   #sendPermission(peer: PeerState, now: number, staleRetries = 0): void {
-    const message = this.#newRequest(methods.CREATE_PERMISSION);
-    message.setAttribute('XOR-PEER-ADDRESS', [peer.peer.ip, peer.peer.port]);
     peer.permissionPending = true;
-    this.#start('permission', message, this.#authenticate(message), staleRetries, now, peer);
+    this.#request('permission', (b) => b.xorPeerAddress(peer.peer), staleRetries, now, peer);
   }
 
   #sendChannelBind(peer: PeerState, now: number, staleRetries = 0): void {
-    const message = this.#newRequest(methods.CHANNEL_BIND);
-    message.setAttribute('CHANNEL-NUMBER', peer.channel);
-    message.setAttribute('XOR-PEER-ADDRESS', [peer.peer.ip, peer.peer.port]);
     peer.channelPending = true;
-    this.#start('channelBind', message, this.#authenticate(message), staleRetries, now, peer);
+    this.#request('channelBind', (b) => b.channelNumber(peer.channel).xorPeerAddress(peer.peer), staleRetries, now, peer);
   }
 
   /** Sends a fresh copy of `transaction`'s request (new transaction id, current nonce). */
@@ -639,18 +534,18 @@ export class TurnClient {
     }
   }
 
-  #onSuccess(transaction: Transaction, message: Message, now: number): void {
+  #onSuccess(transaction: Transaction, message: StunMessage, now: number): void {
     switch (transaction.kind) {
       case 'allocate': {
-        const relayed = addressAttribute(message, 'XOR-RELAYED-ADDRESS');
-        const lifetimeS = numberAttribute(message, 'LIFETIME');
-        if (relayed === null || lifetimeS === null || lifetimeS <= 0) {
+        const relayed = getXorAddress(message, StunAttribute.xorRelayedAddress);
+        const lifetimeS = getUint32(message, StunAttribute.lifetime);
+        if (relayed === undefined || lifetimeS === undefined || lifetimeS <= 0) {
           this.#fail('malformed', null, 'Allocate success response without XOR-RELAYED-ADDRESS or LIFETIME');
           return;
         }
         this.#state = 'allocated';
         this.#relayedAddress = relayed;
-        this.#mappedAddress = addressAttribute(message, 'XOR-MAPPED-ADDRESS');
+        this.#mappedAddress = getXorAddress(message, StunAttribute.xorMappedAddress) ?? null;
         this.#scheduleRefresh(now, lifetimeS);
         this.#events.push({ kind: 'allocated', relayedAddress: relayed, mappedAddress: this.#mappedAddress, lifetimeS });
         for (const peer of this.#peers.values()) {
@@ -660,7 +555,7 @@ export class TurnClient {
         return;
       }
       case 'refresh': {
-        const lifetimeS = numberAttribute(message, 'LIFETIME') ?? REQUESTED_LIFETIME_S;
+        const lifetimeS = getUint32(message, StunAttribute.lifetime) ?? REQUESTED_LIFETIME_S;
         this.#scheduleRefresh(now, lifetimeS);
         return;
       }
@@ -698,19 +593,20 @@ export class TurnClient {
     }
   }
 
-  #onError(transaction: Transaction, message: Message, now: number): void {
-    const [code, phrase] = errorCodeOf(message) ?? [0, 'error response without ERROR-CODE'];
-    const detail = `${code} ${phrase}`.trim();
+  #onError(transaction: Transaction, message: StunMessage, now: number): void {
+    const error = getErrorCode(message);
+    const code = error?.code ?? 0;
+    const detail = error === undefined ? 'error response without a valid ERROR-CODE' : `${error.code} ${error.reason}`.trim();
     // RFC 8489 §9.2.5: 401 to an unauthenticated request is the challenge; 438 brings a new nonce.
     if ((code === ERROR_UNAUTHORIZED && !transaction.authenticated) || code === ERROR_STALE_NONCE) {
-      const realm: unknown = message.getAttributeValue('REALM');
-      const nonce: unknown = message.getAttributeValue('NONCE');
+      const realm = getString(message, StunAttribute.realm);
+      const nonce = getAttribute(message, StunAttribute.nonce);
       const staleRetries = code === ERROR_STALE_NONCE ? transaction.staleRetries + 1 : transaction.staleRetries;
-      if (typeof realm === 'string' && Buffer.isBuffer(nonce) && staleRetries <= MAX_STALE_NONCE_RETRIES) {
+      if (realm !== undefined && nonce !== undefined && staleRetries <= MAX_STALE_NONCE_RETRIES) {
         if (this.#auth === null || this.#auth.realm !== realm) {
-          this.#auth = { realm, nonce, key: longTermKey(this.#credentials, realm) };
+          this.#auth = { realm, nonce: Uint8Array.from(nonce), key: longTermKey(this.#credentials.username, realm, this.#credentials.password) };
         } else {
-          this.#auth.nonce = nonce;
+          this.#auth.nonce = Uint8Array.from(nonce);
         }
         this.#resend(transaction, now, staleRetries);
         return;
@@ -720,10 +616,7 @@ export class TurnClient {
       // RFC 8656 §7.2: this 5-tuple still holds an allocation (ours, from before a restart on the
       // same port). Delete it, then ask again once.
       this.#allocationMismatchRetried = true;
-      const message = this.#newRequest(methods.REFRESH);
-      message.setAttribute('LIFETIME', 0);
-      this.#authenticate(message);
-      this.#transmits.push({ to: this.server, bytes: message.bytes });
+      this.#request('deallocate', (b) => b.lifetime(0), 0, now);
       this.#sendAllocate(now, 0);
       return;
     }
@@ -802,16 +695,26 @@ export class TurnClient {
   }
 }
 
-function methodOf(kind: RequestKind): methods {
+function methodOf(kind: RequestKind): number {
   switch (kind) {
     case 'allocate':
-      return methods.ALLOCATE;
+      return StunMethod.allocate;
     case 'refresh':
     case 'deallocate':
-      return methods.REFRESH;
+      return StunMethod.refresh;
     case 'permission':
-      return methods.CREATE_PERMISSION;
+      return StunMethod.createPermission;
     case 'channelBind':
-      return methods.CHANNEL_BIND;
+      return StunMethod.channelBind;
   }
+}
+
+function newTransactionId(): TransactionId {
+  return transactionIdFromBytes(randomBytes(12));
+}
+
+function canonicalOrThrow(address: TransportAddress): TransportAddress {
+  const canonical = canonicalTransportAddress(address.address, address.port);
+  if (canonical === null) throw new RangeError(`turn: ${JSON.stringify(address)} is not a valid transport address`);
+  return canonical;
 }
