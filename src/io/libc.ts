@@ -55,6 +55,7 @@ export function throwErrno(syscall: string, detail = ''): never {
 
 // Linux errno values that callers branch on.
 export const EINTR = 4;
+export const EIO = 5;
 export const EBADF = 9;
 export const EAGAIN = 11;
 export const ENODEV = 19;
@@ -96,6 +97,10 @@ export const SOL_IPV6 = 41;
 export const IPV6_V6ONLY = 26;
 export const IPV6_RECVPKTINFO = 49;
 export const IPV6_PKTINFO = 50;
+export const SOL_UDP = 17;
+/** udp(7): the segment size of a GSO send (cmsg or option), and GRO on receive. */
+export const UDP_SEGMENT = 103;
+export const UDP_GRO = 104;
 
 // poll(2).
 export const POLLIN = 0x001;

@@ -6,11 +6,11 @@
 // wrap the same descriptor with `UdpSocket.attach(fd)`.
 import { SyscallError } from '../errors.ts';
 import {
-  AF_INET6, CMSGHDR_SIZE, EADDRNOTAVAIL, EAGAIN, EBADF, EINTR, EINVAL, ENETUNREACH, IN6_PKTINFO_SIZE, IN_PKTINFO_SIZE, IOVEC_SIZE,
+  AF_INET6, CMSGHDR_SIZE, EADDRNOTAVAIL, EAGAIN, EBADF, EINTR, EINVAL, EIO, ENETUNREACH, IN6_PKTINFO_SIZE, IN_PKTINFO_SIZE, IOVEC_SIZE,
   IPV6_PKTINFO, IPV6_RECVPKTINFO, IPV6_V6ONLY, IP_PKTINFO, MMSGHDR_LEN, MMSGHDR_SIZE, MSGHDR_CONTROL,
   MSGHDR_CONTROLLEN, MSGHDR_FLAGS, MSGHDR_IOV, MSGHDR_IOVLEN, MSGHDR_NAME, MSGHDR_NAMELEN,
   MSG_DONTWAIT, O_CLOEXEC, SOCKADDR_IN6_SIZE, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOL_IP, SOL_IPV6,
-  SOL_SOCKET, SO_RCVBUF, SO_RCVBUFFORCE, SO_SNDBUF, SO_SNDBUFFORCE, addressOf, closeFd, cmsgSpace,
+  SOL_SOCKET, SOL_UDP, SO_RCVBUF, SO_RCVBUFFORCE, SO_SNDBUF, SO_SNDBUFFORCE, UDP_SEGMENT, addressOf, closeFd, cmsgSpace,
   errno, isRoot, libc, setIntOption, storePointer, storeSize, throwErrno,
 } from './libc.ts';
 
@@ -179,7 +179,7 @@ export function parseAddress(text: string): { family: IpFamily; bytes: Uint8Arra
 export const DEFAULT_SOCKET_BUFFER_BYTES = 7 << 20;
 export const DEFAULT_BATCH_SIZE = 64;
 /** Room for IP_PKTINFO and IPV6_PKTINFO together (a v4 datagram on a dual-stack socket gets both). */
-const CONTROL_BYTES = 128;
+const CONTROL_BYTES = 128; // also room for a UDP_SEGMENT cmsg beside IPV6_PKTINFO (40 + 24)
 const NAME_STRIDE = 32; // sockaddr_in6 (28) rounded to 8
 
 export interface UdpSocketOptions {
@@ -187,7 +187,26 @@ export interface UdpSocketOptions {
   readonly batchSize?: number;
   /** SO_RCVBUF/SO_SNDBUF request (the *FORCE variants when root). */
   readonly bufferBytes?: number;
+  /**
+   * Send runs of same-size datagrams to one destination as one UDP GSO message (udp(7),
+   * UDP_SEGMENT). Default: on unless the environment says ZTGATE_UDP_GSO=0.
+   */
+  readonly gso?: boolean;
 }
+
+/** Whether UDP GSO is wanted by default: the off switch is ZTGATE_UDP_GSO=0. */
+export function gsoWantedByDefault(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env['ZTGATE_UDP_GSO'] !== '0';
+}
+
+/**
+ * The kernel's limits for one GSO send (udp_send_skb): at most UDP_MAX_SEGMENTS (64 on older
+ * kernels) segments, and the whole payload must fit one IP packet's 16-bit length.
+ */
+const GSO_MAX_SEGMENTS = 64;
+const GSO_MAX_BYTES = 65_535 - 40 - 8;
+/** The UDP_SEGMENT cmsg carries a u16 segment size. */
+const UDP_SEGMENT_DATA_SIZE = 2;
 
 /**
  * Whether a send that named a source address failed in a way that means the address is no longer
@@ -196,6 +215,14 @@ export interface UdpSocketOptions {
  */
 export function sourceMayBeStale(status: number): boolean {
   return status === EINVAL || status === EADDRNOTAVAIL || status === ENETUNREACH;
+}
+
+/** Same destination (family, port, address, scope id) and same source (family, ifindex, address). */
+function sameRoute(words: Int32Array, i: number, j: number): boolean {
+  const a = i * META_WORDS;
+  const b = j * META_WORDS;
+  for (let k = META_REMOTE_FAMILY; k <= META_REMOTE_SCOPE; k++) if (words[a + k] !== words[b + k]) return false;
+  return true;
 }
 
 function isV4Mapped(bytes: Uint8Array, at: number): boolean {
@@ -257,6 +284,11 @@ export class UdpSocket {
   private readonly iovOffset: number;
   private readonly nameOffset: number;
   private readonly controlOffset: number;
+  /** Per scratch header: the first message and the message count it sends (a GSO group or 1). */
+  private readonly groupFirst: Int32Array;
+  private readonly groupSize: Int32Array;
+  /** Cleared for good once the kernel refuses GSO with EIO (no checksum offload on the route). */
+  private gsoEnabled: boolean;
   private closed = false;
 
   private constructor(fd: number, owned: boolean, options: UdpSocketOptions) {
@@ -266,6 +298,9 @@ export class UdpSocket {
     this.owned = owned;
     this.batchSize = batchSize;
     this.bufferBytes = options.bufferBytes ?? DEFAULT_SOCKET_BUFFER_BYTES;
+    this.gsoEnabled = options.gso ?? gsoWantedByDefault();
+    this.groupFirst = new Int32Array(batchSize);
+    this.groupSize = new Int32Array(batchSize);
     // Layout: mmsghdr[n] | iovec[n] | sockaddr_in6[n] | control[n]. A plain ArrayBuffer: its
     // store never moves, and the GC frees it with this object.
     this.iovOffset = batchSize * MMSGHDR_SIZE;
@@ -296,6 +331,11 @@ export class UdpSocket {
     return new UdpSocket(fd, false, options);
   }
 
+  /** Whether sendBatch groups datagrams into GSO sends (false once the kernel refused). */
+  get gso(): boolean {
+    return this.gsoEnabled;
+  }
+
   /** The port the socket is bound to now (asks the kernel, so it follows rebind from any thread). */
   port(): number {
     return boundPort(this.fd);
@@ -315,6 +355,10 @@ export class UdpSocket {
       const iov = this.iovOffset + i * IOVEC_SIZE;
       storePointer(s, iov, addressOf(view));
       storeSize(s, iov + 8, view.byteLength);
+      // Sending may have pointed this header at other iovecs or names (GSO groups): rewire it.
+      storePointer(s, h + MSGHDR_IOV, this.scratchAddress + iov);
+      storeSize(s, h + MSGHDR_IOVLEN, 1);
+      storePointer(s, h + MSGHDR_NAME, this.scratchAddress + this.nameOffset + i * NAME_STRIDE);
       s.setUint32(h + MSGHDR_NAMELEN, SOCKADDR_IN6_SIZE, true);
       storePointer(s, h + MSGHDR_CONTROL, this.scratchAddress + this.controlOffset + i * CONTROL_BYTES);
       storeSize(s, h + MSGHDR_CONTROLLEN, CONTROL_BYTES);
@@ -393,21 +437,32 @@ export class UdpSocket {
     }
   }
 
-  /** Fills scratch message `slot` from `view` and meta entry i for sending. */
-  private encodeSend(slot: number, view: Uint8Array, meta: DatagramMeta, i: number): void {
+  /** Points scratch iovec `slot` at the first meta-length bytes of `view` (message i). */
+  private encodeIov(slot: number, view: Uint8Array, meta: DatagramMeta, i: number): void {
     const s = this.scratchView;
-    const b = this.scratchBytes;
-    const h = slot * MMSGHDR_SIZE;
-    const w = i * META_WORDS;
-    const words = meta.words;
-    const bytes = meta.bytes;
-    const length = words[w + META_LENGTH] ?? 0;
+    const length = meta.words[i * META_WORDS + META_LENGTH] ?? 0;
     if (length < 0 || length > view.byteLength) throw new RangeError(`udp: message ${i} length ${length} exceeds its view (${view.byteLength})`);
     const iov = this.iovOffset + slot * IOVEC_SIZE;
     storePointer(s, iov, addressOf(view));
     storeSize(s, iov + 8, length);
+  }
 
-    const name = this.nameOffset + slot * NAME_STRIDE;
+  /**
+   * Fills scratch header `h` to send `iovCount` iovecs from `firstIov` to meta entry i's
+   * destination (and source). With gsoSize > 0 the kernel cuts the payload into datagrams of that
+   * size (the last one may be shorter).
+   */
+  private encodeHeader(h: number, meta: DatagramMeta, i: number, firstIov: number, iovCount: number, gsoSize: number): void {
+    const s = this.scratchView;
+    const b = this.scratchBytes;
+    const m = h * MMSGHDR_SIZE;
+    const w = i * META_WORDS;
+    const words = meta.words;
+    const bytes = meta.bytes;
+    storePointer(s, m + MSGHDR_IOV, this.scratchAddress + this.iovOffset + firstIov * IOVEC_SIZE);
+    storeSize(s, m + MSGHDR_IOVLEN, iovCount);
+
+    const name = this.nameOffset + h * NAME_STRIDE;
     const remote = i * META_BYTES + META_REMOTE_ADDRESS_BYTE;
     const remoteFamily = words[w + META_REMOTE_FAMILY];
     s.setUint16(name, AF_INET6, true);
@@ -425,19 +480,16 @@ export class UdpSocket {
     } else {
       throw new RangeError(`udp: message ${i} has destination family ${remoteFamily}`);
     }
-    s.setUint32(h + MSGHDR_NAMELEN, SOCKADDR_IN6_SIZE, true);
-    s.setUint32(h + MSGHDR_FLAGS, 0, true);
+    storePointer(s, m + MSGHDR_NAME, this.scratchAddress + name);
+    s.setUint32(m + MSGHDR_NAMELEN, SOCKADDR_IN6_SIZE, true);
+    s.setUint32(m + MSGHDR_FLAGS, 0, true);
 
     // Optional source address: IP_PKTINFO (ipi_spec_dst) for v4, IPV6_PKTINFO for v6.
     const localFamily = words[w + META_LOCAL_FAMILY];
-    const control = this.controlOffset + slot * CONTROL_BYTES;
+    const control = this.controlOffset + h * CONTROL_BYTES;
     const local = i * META_BYTES + META_LOCAL_ADDRESS_BYTE;
     const ifindex = words[w + META_LOCAL_IFINDEX] ?? 0;
-    if (localFamily === 0) {
-      storePointer(s, h + MSGHDR_CONTROL, 0);
-      storeSize(s, h + MSGHDR_CONTROLLEN, 0);
-      return;
-    }
+    let controlLength = 0;
     const data = control + CMSGHDR_SIZE;
     if (localFamily === 4) {
       storeSize(s, control, CMSGHDR_SIZE + IN_PKTINFO_SIZE);
@@ -446,7 +498,7 @@ export class UdpSocket {
       s.setInt32(data, ifindex, true);
       for (let k = 0; k < 4; k++) b[data + 4 + k] = bytes[local + k] ?? 0;
       s.setUint32(data + 8, 0, true);
-      storeSize(s, h + MSGHDR_CONTROLLEN, cmsgSpace(IN_PKTINFO_SIZE));
+      controlLength = cmsgSpace(IN_PKTINFO_SIZE);
     } else if (localFamily === 6) {
       storeSize(s, control, CMSGHDR_SIZE + IN6_PKTINFO_SIZE);
       s.setInt32(control + 8, SOL_IPV6, true);
@@ -454,40 +506,117 @@ export class UdpSocket {
       for (let k = 0; k < 16; k++) b[data + k] = bytes[local + k] ?? 0;
       s.setInt32(data + 16, ifindex, true);
       b.fill(0, data + 20, data + 24); // CMSG_SPACE padding
-      storeSize(s, h + MSGHDR_CONTROLLEN, cmsgSpace(IN6_PKTINFO_SIZE));
-    } else {
+      controlLength = cmsgSpace(IN6_PKTINFO_SIZE);
+    } else if (localFamily !== 0) {
       throw new RangeError(`udp: message ${i} has source family ${localFamily}`);
     }
-    storePointer(s, h + MSGHDR_CONTROL, this.scratchAddress + control);
+    if (gsoSize > 0) {
+      const segment = control + controlLength;
+      storeSize(s, segment, CMSGHDR_SIZE + UDP_SEGMENT_DATA_SIZE);
+      s.setInt32(segment + 8, SOL_UDP, true);
+      s.setInt32(segment + 12, UDP_SEGMENT, true);
+      s.setUint16(segment + CMSGHDR_SIZE, gsoSize, true);
+      b.fill(0, segment + CMSGHDR_SIZE + UDP_SEGMENT_DATA_SIZE, segment + cmsgSpace(UDP_SEGMENT_DATA_SIZE));
+      controlLength += cmsgSpace(UDP_SEGMENT_DATA_SIZE);
+    }
+    storePointer(s, m + MSGHDR_CONTROL, controlLength === 0 ? 0 : this.scratchAddress + control);
+    storeSize(s, m + MSGHDR_CONTROLLEN, controlLength);
+  }
+
+  /**
+   * Groups messages from..to-1 into scratch headers 0.. and returns how many. With `gso`, a run of
+   * consecutive messages to the same destination from the same source whose lengths are all equal
+   * (the last may be shorter) becomes one GSO send; otherwise every message is its own header.
+   */
+  private encodeGroups(meta: DatagramMeta, from: number, to: number, gso: boolean): number {
+    const words = meta.words;
+    let groups = 0;
+    let first = -1;
+    let size = 0;
+    let segmentSize = 0;
+    let total = 0;
+    let closed = true;
+    for (let i = from; i < to; i++) {
+      const length = words[i * META_WORDS + META_LENGTH] ?? 0;
+      if (gso && !closed && size < GSO_MAX_SEGMENTS && length <= segmentSize && length > 0
+        && total + length <= GSO_MAX_BYTES && sameRoute(words, first, i)) {
+        size++;
+        total += length;
+        closed = length < segmentSize;
+        this.groupSize[groups - 1] = size;
+        continue;
+      }
+      first = i;
+      size = 1;
+      segmentSize = length;
+      total = length;
+      closed = length === 0;
+      this.groupFirst[groups] = i;
+      this.groupSize[groups] = 1;
+      groups++;
+    }
+    for (let h = 0; h < groups; h++) {
+      const groupFirst = this.groupFirst[h]!;
+      const groupSize = this.groupSize[h]!;
+      const gsoSize = groupSize > 1 ? words[groupFirst * META_WORDS + META_LENGTH]! : 0;
+      this.encodeHeader(h, meta, groupFirst, groupFirst, groupSize, gsoSize);
+    }
+    return groups;
   }
 
   /**
    * Sends messages 0..count-1: views[i] (a whole slot) holds the bytes, meta entry i says how many
    * and where (layout above). Returns how many messages were dealt with, in order: each of them
-   * either went out (status 0) or failed alone (status = its errno; when `sourceMayBeStale(status)`
+   * either went out (status 0) or failed (status = its errno; when `sourceMayBeStale(status)`
    * the source address is gone: clear it with `meta.clearLocal(i)` and send again, as
    * wireguard-go does). Messages from the returned index on were not tried because the socket
    * buffer is full (EAGAIN): wait or drop them.
+   *
+   * With GSO on, runs of equal-size datagrams to one destination leave as one message each
+   * (wireguard-go's conn/gso_linux.go does the same); an error then applies to the whole run. A
+   * run the kernel refuses (EIO: the route cannot checksum-offload; EINVAL: e.g. a segment larger
+   * than the path MTU) is sent again as single datagrams, and after EIO GSO stays off.
    */
   sendBatch(views: readonly Uint8Array[], meta: DatagramMeta, count: number): number {
     if (count > this.batchSize || count > meta.capacity || count > views.length) {
       throw new RangeError(`udp: sendBatch of ${count} exceeds batchSize ${this.batchSize}, meta or views`);
     }
-    for (let i = 0; i < count; i++) this.encodeSend(i, views[i] as Uint8Array, meta, i);
+    for (let i = 0; i < count; i++) this.encodeIov(i, views[i] as Uint8Array, meta, i);
+    const words = meta.words;
     let done = 0;
-    while (done < count) {
-      const sent = libc.sendmmsg(this.fd, this.scratchAddress + done * MMSGHDR_SIZE, count - done, MSG_DONTWAIT);
-      if (sent > 0) {
-        for (let k = done; k < done + sent; k++) meta.words[k * META_WORDS + META_STATUS] = 0;
-        done += sent;
-        continue;
+    let gsoFallbackEnd = -1;
+    resend: while (done < count) {
+      // Right after a refused GSO run, that run goes out as single datagrams before grouping again.
+      const plain = done < gsoFallbackEnd;
+      const to = plain ? gsoFallbackEnd : count;
+      const groups = this.encodeGroups(meta, done, to, this.gsoEnabled && !plain);
+      let h = 0;
+      while (h < groups) {
+        const sent = libc.sendmmsg(this.fd, this.scratchAddress + h * MMSGHDR_SIZE, groups - h, MSG_DONTWAIT);
+        if (sent > 0) {
+          for (let g = h; g < h + sent; g++) {
+            const size = this.groupSize[g]!;
+            for (let k = done; k < done + size; k++) words[k * META_WORDS + META_STATUS] = 0;
+            done += size;
+          }
+          h += sent;
+          continue;
+        }
+        const code = errno();
+        if (code === EINTR) continue;
+        if (code === EAGAIN) return done;
+        const size = this.groupSize[h]!;
+        if (size > 1 && (code === EIO || code === EINVAL)) {
+          if (code === EIO) this.gsoEnabled = false;
+          gsoFallbackEnd = done + size;
+          continue resend;
+        }
+        // sendmmsg reports an error only for the first message of the call: that one (a single
+        // datagram, or a GSO run as a whole) failed alone.
+        for (let k = done; k < done + size; k++) words[k * META_WORDS + META_STATUS] = code;
+        done += size;
+        h++;
       }
-      const code = errno();
-      if (code === EINTR) continue;
-      if (code === EAGAIN) break;
-      // sendmmsg reports an error only for the first message of the call: that one failed alone.
-      meta.words[done * META_WORDS + META_STATUS] = code;
-      done++;
     }
     return done;
   }
@@ -498,7 +627,8 @@ export class UdpSocket {
    */
   sendOne(view: Uint8Array, meta: DatagramMeta, index: number): number {
     if (index >= meta.capacity) throw new RangeError(`udp: meta index ${index}`);
-    this.encodeSend(0, view, meta, index);
+    this.encodeIov(0, view, meta, index);
+    this.encodeHeader(0, meta, index, 0, 1, 0);
     for (;;) {
       if (libc.sendmsg(this.fd, this.scratchAddress, MSG_DONTWAIT) >= 0) {
         meta.words[index * META_WORDS + META_STATUS] = 0;
