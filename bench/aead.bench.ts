@@ -1,46 +1,70 @@
 // Per-packet AEAD cost of each backend: sealTransport / openTransport of 64-byte and 1420-byte
-// packets in place in a SharedArrayBuffer slot, as the workers do. The backends' outputs are
-// compared before anything is timed.
-// Run: node bench/aead.bench.ts
-import { Bench } from 'tinybench';
+// packets in place in a SharedArrayBuffer slot, as the workers do. Before timing, the two backends
+// must produce the same datagram and each must open what it sealed back to the original bytes.
+// Run alone: node bench/aead.bench.ts (or as part of npm run bench).
+import type { BenchCase } from './harness.ts';
+import { runStandalone } from './harness.ts';
 import { nobleAead, sodiumAead } from '../src/wireguard/aead.ts';
 import type { AeadBackend } from '../src/wireguard/aead.ts';
 import { randomBytes } from '../src/wireguard/crypto.ts';
 import { openTransport, sealTransport } from '../src/wireguard/transport.ts';
 
-const SIZES = [64, 1420];
-const key = randomBytes(new Uint8Array(32));
-const slot = new Uint8Array(new SharedArrayBuffer(2048));
+export const PACKET_SIZES = [64, 1420] as const;
 
-function sealOnce(aead: AeadBackend, size: number, counter: number): Uint8Array {
-  slot.fill(0x5a, 16, 16 + size);
-  const len = sealTransport(aead, key, 1, counter, slot, size);
-  return slot.slice(0, len);
+function plaintextOf(size: number): Uint8Array {
+  return Uint8Array.from({ length: size }, (_, i) => (i * 7 + 3) & 0xff);
 }
 
-for (const size of SIZES) {
-  const a = sealOnce(sodiumAead, size, 42);
-  const b = sealOnce(nobleAead, size, 42);
-  if (Buffer.compare(a, b) !== 0) throw new Error(`bench: backends disagree at ${size} bytes`);
-}
+export function aeadCases(): BenchCase[] {
+  const key = randomBytes(new Uint8Array(32));
+  const slot = new Uint8Array(new SharedArrayBuffer(2048));
 
-const bench = new Bench({ time: 1500, warmupTime: 300 });
-for (const aead of [sodiumAead, nobleAead]) {
-  for (const size of SIZES) {
-    let counter = 0;
-    bench.add(`seal ${aead.name} ${size}`, () => {
-      sealTransport(aead, key, 1, counter++, slot, size);
-    });
-    const sealed = sealOnce(aead, size, 7);
-    bench.add(`open ${aead.name} ${size}`, () => {
-      slot.set(sealed);
-      if (openTransport(aead, key, slot, sealed.length) < 0) throw new Error('bench: open failed');
-    });
+  const seal = (aead: AeadBackend, size: number, counter: number): Uint8Array => {
+    slot.set(plaintextOf(size), 16);
+    const length = sealTransport(aead, key, 1, counter, slot, size);
+    return slot.slice(0, length);
+  };
+
+  const cases: BenchCase[] = [];
+  for (const aead of [sodiumAead, nobleAead]) {
+    const other = aead === sodiumAead ? nobleAead : sodiumAead;
+    for (const size of PACKET_SIZES) {
+      const sealed = seal(aead, size, 7);
+      let counter = 0;
+      cases.push({
+        group: 'aead',
+        name: `seal ${aead.name} ${size} B`,
+        unit: 'packet',
+        opsPerRun: 1,
+        check() {
+          if (Buffer.compare(seal(aead, size, 42), seal(other, size, 42)) !== 0) throw new Error(`backends disagree at ${size} bytes`);
+        },
+        run() {
+          sealTransport(aead, key, 1, counter++, slot, size);
+        },
+      });
+      cases.push({
+        group: 'aead',
+        name: `open ${aead.name} ${size} B`,
+        unit: 'packet',
+        opsPerRun: 1,
+        check() {
+          slot.set(sealed);
+          const length = openTransport(aead, key, slot, sealed.length);
+          if (length !== sealed.length - 32) throw new Error(`open returned ${length}`);
+          if (Buffer.compare(slot.subarray(16, 16 + size), plaintextOf(size)) !== 0) throw new Error('open gave other bytes');
+          slot.set(sealed);
+          slot[20]! ^= 1;
+          if (openTransport(aead, key, slot, sealed.length) !== -1) throw new Error('a flipped bit authenticated');
+        },
+        run() {
+          slot.set(sealed);
+          if (openTransport(aead, key, slot, sealed.length) < 0) throw new Error('bench: open failed');
+        },
+      });
+    }
   }
+  return cases;
 }
-await bench.run();
-for (const task of bench.tasks) {
-  const result = task.result;
-  if (result.state !== 'completed') throw new Error(`bench: ${task.name} ${result.state}`);
-  console.log(`aead: ${task.name}: ${(result.latency.mean * 1000).toFixed(2)} µs per packet (±${result.latency.rme.toFixed(1)}%)`);
-}
+
+if (import.meta.main) await runStandalone(aeadCases());

@@ -3,8 +3,9 @@
 // the return ring (the slot's trip home). One task moves 65,536 descriptors there and back; the
 // report is descriptors/s one way, single entries vs batches of 32, with and without the consumer's
 // spin before sleeping. Every descriptor is checked to come back exactly once before timing.
-// Run: node bench/ring.bench.ts
-import { Bench } from 'tinybench';
+// Run alone: node bench/ring.bench.ts (or as part of npm run bench).
+import type { BenchCase } from './harness.ts';
+import { runStandalone } from './harness.ts';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { Doorbell, waitForWork } from '../src/ring/doorbell.ts';
 import { Ring } from '../src/ring/ring.ts';
@@ -94,9 +95,10 @@ function roundTrip(pair: Pair, batch: number, values: Uint32Array, out: Uint32Ar
   return sum;
 }
 
-if (isMainThread) {
-  const bench = new Bench({ time: 1500, warmupTime: 300 });
+/** Single entries vs batches of 32, consumer spin 0 vs 20 µs; `close` stops the echo threads. */
+export function ringCases(): { cases: BenchCase[]; close: () => Promise<void> } {
   const pairs: Pair[] = [];
+  const cases: BenchCase[] = [];
   for (const batch of [1, 32]) {
     for (const spinMicros of [0, 20]) {
       const pair = startEcho(batch, spinMicros);
@@ -104,22 +106,29 @@ if (isMainThread) {
       const values = new Uint32Array(batch);
       const out = new Uint32Array(IN_FLIGHT);
       const expected = (DESCRIPTORS_PER_TASK * (DESCRIPTORS_PER_TASK - 1)) / 2;
-      const got = roundTrip(pair, batch, values, out);
-      if (got !== expected) throw new Error(`bench: descriptors lost or duplicated (sum ${got}, expected ${expected})`);
-      bench.add(`batch ${batch}, consumer spin ${spinMicros} µs`, () => {
-        roundTrip(pair, batch, values, out);
+      cases.push({
+        group: 'ring handoff',
+        name: `2 threads, batch ${batch}, spin ${spinMicros} µs`,
+        unit: 'descriptor',
+        opsPerRun: DESCRIPTORS_PER_TASK,
+        check() {
+          const got = roundTrip(pair, batch, values, out);
+          if (got !== expected) throw new Error(`descriptors lost or duplicated (sum ${got}, expected ${expected})`);
+        },
+        run() {
+          roundTrip(pair, batch, values, out);
+        },
       });
     }
   }
+  return { cases, close: async () => void (await Promise.all(pairs.map((p) => p.stop()))) };
+}
+
+if (isMainThread && import.meta.main) {
+  const { cases, close } = ringCases();
   try {
-    await bench.run();
+    await runStandalone(cases);
   } finally {
-    await Promise.all(pairs.map((p) => p.stop()));
-  }
-  for (const task of bench.tasks) {
-    const result = task.result;
-    if (result.state !== 'completed') throw new Error(`bench: ${task.name} ${result.state}`);
-    const perSecond = DESCRIPTORS_PER_TASK / (result.latency.mean / 1000);
-    console.log(`ring: ${task.name}: ${(perSecond / 1e6).toFixed(2)} M descriptors/s (±${result.latency.rme.toFixed(1)}%)`);
+    await close();
   }
 }
