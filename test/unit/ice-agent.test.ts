@@ -30,7 +30,8 @@ function assertSamePath(a: SimPeer, b: SimPeer): void {
   const pa = a.agent.selectedPath();
   const pb = b.agent.selectedPath();
   assert.ok(pa && pb);
-  assert.equal(pa.local.relay === null, pb.remote.type !== 'relay' || pa.local.relay === null);
+  assert.equal(pa.local.relay !== null, pb.remote.type === 'relay');
+  assert.equal(pb.local.relay !== null, pa.remote.type === 'relay');
   if (pa.local.relay !== null) assert.deepEqual(pb.remote.address, pa.local.base);
   if (pb.local.relay !== null) assert.deepEqual(pa.remote.address, pb.local.base);
 }
