@@ -359,7 +359,7 @@ export class IceAgent {
     let at = this.selected === null ? this.connectDeadline : Math.min(this.nextConsentAt, this.selected.lastResponseAt + this.timings.consentTimeoutMs);
     for (const transaction of this.transactions.values()) at = Math.min(at, transaction.nextSendAt);
     if (this.remoteCredentials !== null && this.peekPairToCheck() !== null) at = Math.min(at, this.nextCheckAt);
-    if (this.role === 'controlling' && this.selected === null && this.firstValidAt >= 0 && !this.nominationInFlight()) {
+    if (this.role === 'controlling' && this.selected === null && !this.nominationInFlight() && this.pairs.some((p) => p.state === 'succeeded')) {
       at = Math.min(at, this.firstValidAt + this.timings.nominationWaitMs);
     }
     return at;
