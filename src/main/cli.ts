@@ -8,10 +8,14 @@ import { parseArgs } from 'node:util';
 import { createLogger, parseLogLevel } from './log.ts';
 import { Device, describeStartError } from '../control/device.ts';
 import { MAX_WORKERS } from '../ring/fabric.ts';
+import { runNetcheck } from './netcheck.ts';
 
 const USAGE = `usage:
   ztgate wg [-f|--foreground] [--workers N] [--log-level LEVEL] IFNAME
       a WireGuard device managed by wg(8), like wireguard-go (detaches unless -f)
+  ztgate netcheck --stun HOST[:PORT] [--stun ...] [--turn HOST[:PORT] (--turn-username U
+                  --turn-password P | --turn-secret S)] [--timeout MS] [--json]
+      UDP reachability, host/server-reflexive addresses, NAT mapping, a TURN relayed address
   ztgate --version`;
 
 /** The environment variable wireguard-go reads to stay in the foreground; we honour it too. */
@@ -28,6 +32,7 @@ async function main(argv: readonly string[]): Promise<number> {
     return 0;
   }
   if (command === 'wg') return runWg(rest);
+  if (command === 'netcheck') return runNetcheck(rest);
   throw new UsageError(command === undefined ? 'missing command' : `unknown command '${command}'`);
 }
 
