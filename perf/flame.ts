@@ -61,14 +61,22 @@ export function parsePerfScript(text: string, repoRoot: string): Sample[] {
   return samples;
 }
 
+/** A JavaScript frame from one of the project's own files (named as frameName names them). */
+const OWN_CODE = /(?:^|\s)(?:src|bench|perf|test)\/\S+\.ts:\d+/;
+
 /**
  * Folded stacks ("root;caller;callee" → samples), outermost first, each under the roots
- * `rootsOf(sample)` gives (e.g. the process's role and the thread's name).
+ * `rootsOf(sample)` gives (e.g. the process's role and the thread's name). With `trimRuntime`,
+ * the frames below the outermost frame of the project's own code (thread start, event loop,
+ * module evaluation: the same two dozen frames in every sample) become one "(node runtime)".
  */
-export function fold(samples: readonly Sample[], rootsOf: (sample: Sample) => readonly string[]): Map<string, number> {
+export function fold(samples: readonly Sample[], rootsOf: (sample: Sample) => readonly string[], trimRuntime = false): Map<string, number> {
   const folded = new Map<string, number>();
   for (const sample of samples) {
-    const stack = [...rootsOf(sample), ...[...sample.frames].reverse()].map((f) => f.replaceAll(';', ':')).join(';');
+    let frames = [...sample.frames].reverse();
+    const firstOwn = trimRuntime ? frames.findIndex((f) => OWN_CODE.test(f)) : -1;
+    if (firstOwn > 0) frames = ['(node runtime)', ...frames.slice(firstOwn)];
+    const stack = [...rootsOf(sample), ...frames].map((f) => f.replaceAll(';', ':')).join(';');
     folded.set(stack, (folded.get(stack) ?? 0) + 1);
   }
   return folded;

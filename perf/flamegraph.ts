@@ -110,7 +110,7 @@ function report(input: {
   const samples = parsePerfScript(input.script, REPO_ROOT);
   // Node's main thread carries the process's name; its other threads are told apart by id.
   const rootsOf = (s: Sample): string[] => [input.roleOf.get(s.pid) ?? `pid ${s.pid}`, s.tid === s.pid ? `${s.comm} (main)` : `${s.comm} ${s.tid}`];
-  const folded = fold(samples, rootsOf);
+  const folded = fold(samples, rootsOf, true);
   const tops = topFrames(folded, 30, 2);
   const throughput = `${input.protocol.toUpperCase()} ${input.values.reverse ? 'B→A' : 'A→B'}: ${input.result.gbps.toFixed(3)} Gbit/s` +
     (input.result.lossPercent === null ? '' : `, loss ${input.result.lossPercent.toFixed(2)}% at ${input.values.bitrate}`);

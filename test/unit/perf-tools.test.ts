@@ -57,6 +57,14 @@ test('fold, topFrames and samplesByRoot count stacks, self and total shares', ()
   assert.deepEqual(samplesByRoot(folded, 2).map((r) => [r.name, r.samples]), [['pid 100 / node', 2], ['pid 100 / ../workers/work', 1]]);
 });
 
+test('fold with trimRuntime replaces the frames below the outermost project frame with one', () => {
+  const sample = { comm: 'node', pid: 1, tid: 1, frames: ['leaf', '*encrypt src/workers/datapath.ts:1:1', 'Builtins_JSEntry', 'start_thread'] };
+  assert.deepEqual([...fold([sample], () => ['r'], true).keys()], ['r;(node runtime);*encrypt src/workers/datapath.ts:1:1;leaf']);
+  assert.deepEqual([...fold([sample], () => ['r']).keys()], ['r;start_thread;Builtins_JSEntry;*encrypt src/workers/datapath.ts:1:1;leaf']);
+  const native = { comm: 'node', pid: 1, tid: 1, frames: ['read', 'start_thread'] };
+  assert.deepEqual([...fold([native], () => ['r'], true).keys()], ['r;start_thread;read']);
+});
+
 test('a semicolon inside a frame name cannot split it into two frames', () => {
   const folded = fold([{ comm: 'x', pid: 1, tid: 1, frames: ['a;b'] }], () => ['root']);
   assert.deepEqual([...folded.keys()], ['root;a:b']);
