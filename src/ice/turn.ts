@@ -406,16 +406,18 @@ export class TurnClient {
 
   /**
    * Unwraps ChannelData or a Data indication (RFC 8656 §10.4, §12.6) from the server. Returns null
-   * (counted) for anything else; `payload` is a view into `bytes` (copy it to keep it).
+   * for anything else: counted when malformed, silently for a STUN response (that goes to
+   * handleInput). `payload` is a view into `bytes` (copy it to keep it).
    */
   decapsulate(bytes: Uint8Array): TurnDecapsulated | null {
     if (isChannelData(bytes)) return this.#unwrapChannelData(bytes);
     const message = parseStun(bytes);
-    if (message === null || message.messageClass !== 'indication') {
+    if (message === null) {
       this.drops.malformed++;
       return null;
     }
-    return this.#dataIndication(message);
+    // A response is not data: the caller hands it to handleInput instead; nothing to count.
+    return message.messageClass === 'indication' ? this.#dataIndication(message) : null;
   }
 
   // -------------------------------------------------------------------------------------------

@@ -321,6 +321,10 @@ test('Data indications from the server are decapsulated', () => {
   assert.deepEqual(client.decapsulate(indication.bytes), { peer: PEER, payload: Buffer.from('hello') });
   client.handleInput(indication.bytes, SERVER, 1);
   assert.deepEqual(events(client), [{ kind: 'data', peer: PEER, bytes: Uint8Array.from(Buffer.from('hello')) }]);
+  const response = new Message(methods.REFRESH, classes.RESPONSE);
+  assert.equal(client.decapsulate(response.bytes), null, 'a response is not data');
+  assert.equal(client.decapsulate(Uint8Array.of(0, 1, 0, 4)), null, 'garbage is not data');
+  assert.equal(client.drops.malformed, 1, 'only the garbage counts as a drop');
 });
 
 test('allocation mismatch (437): the stale allocation is deleted and the Allocate repeated once', () => {
