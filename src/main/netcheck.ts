@@ -8,6 +8,7 @@
 // threads doing batched recvmmsg. The protocol logic is the shared sans-IO code — the STUN layer
 // (./ice/stun.ts) for Binding requests and the TurnClient the ICE agent's relays use — so a
 // netcheck result describes what the agent will see from the same network.
+import { randomBytes } from 'node:crypto';
 import { createSocket } from 'node:dgram';
 import type { Socket } from 'node:dgram';
 import { lookup } from 'node:dns/promises';
@@ -21,7 +22,6 @@ import { StunAttribute, StunMessageBuilder, StunMethod, getXorAddress, parseStun
 import type { TransactionId } from '../ice/stun.ts';
 import { TURN_DEFAULT_PORT, TurnClient, turnRestCredentials } from '../ice/turn.ts';
 import type { TurnCredentials } from '../ice/turn.ts';
-import { randomBytes } from 'node:crypto';
 
 export const NETCHECK_USAGE = `usage:
   ztgate netcheck --stun HOST[:PORT] [--stun HOST[:PORT] ...]
