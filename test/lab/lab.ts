@@ -32,7 +32,8 @@ export const UAPI_SOCKET_DIR = '/var/run/wireguard';
 /** Linux's IFNAMSIZ minus the terminating NUL. */
 const MAX_INTERFACE_NAME = 15;
 const DEFAULT_COMMAND_TIMEOUT_MS = 15_000;
-const DAEMON_READY_TIMEOUT_MS = 10_000;
+/** Generous: a ztgate daemon starts Node and four threads, and CI's 2 cores may be busy. */
+const DAEMON_READY_TIMEOUT_MS = 30_000;
 const PROCESS_STOP_GRACE_MS = 5_000;
 const PROCESS_OUTPUT_KEEP_CHARS = 64 * 1024;
 
@@ -248,7 +249,7 @@ export class Lab {
   /** Prefix of every name this lab makes: `zt` + pid (base 36) + `_` + counter (base 36). */
   readonly id: string;
   #cleanups: Cleanup[] = [];
-  #tempDir: string | null = null;
+  #tempDir: Promise<string> | null = null;
   #closed = false;
 
   constructor() {
@@ -317,13 +318,13 @@ export class Lab {
 
   /** Writes a file into this lab's private temporary directory and returns its path. */
   async tempFile(name: string, content: string): Promise<string> {
-    if (this.#tempDir === null) {
-      const dir = await mkdtemp(join(tmpdir(), `${this.id}-`));
-      this.#tempDir = dir;
+    // One directory per lab even when the first calls overlap: they share the pending mkdtemp.
+    this.#tempDir ??= mkdtemp(join(tmpdir(), `${this.id}-`)).then((dir) => {
       this.defer(`temp dir ${dir}`, () => rm(dir, { recursive: true, force: true }),
         () => rmSync(dir, { recursive: true, force: true }));
-    }
-    const path = join(this.#tempDir, name);
+      return dir;
+    });
+    const path = join(await this.#tempDir, name);
     await writeFile(path, content, { mode: 0o600 });
     return path;
   }
