@@ -9,7 +9,7 @@ import { SyscallError, ZtgateError } from '../errors.ts';
 import { attachControl, createFabric, returnSlot, type ControlEnd, type FabricDescription } from '../ring/fabric.ts';
 import { Doorbell, waitForWorkAsync } from '../ring/doorbell.ts';
 import { PEER_RECORD_F64S, PEER_RX_ANY_PACKETS_F64, PEER_RX_BYTES_F64, PEER_RX_DATA_PACKETS_F64, PEER_TX_ANY_PACKETS_F64, PEER_TX_BYTES_F64, PEER_TX_DATA_PACKETS_F64 } from '../ring/layout.ts';
-import { Tun } from '../io/tun.ts';
+import { Tun, tunOffloadWantedByDefault } from '../io/tun.ts';
 import { DatagramMeta, UdpSocket, sourceMayBeStale } from '../io/udp.ts';
 import { LinkWatcher } from '../io/netlink.ts';
 import { closeFd, createEventFd, setIntOption, signalEventFd, SOL_SOCKET } from '../io/libc.ts';
@@ -88,7 +88,7 @@ export class Device {
     this.stopped = new Promise((resolve) => (this.resolveStopped = resolve));
     // wireguard-go creates the interface with its default MTU and leaves it down: wg-quick or the
     // administrator brings it up.
-    this.tun = Tun.open(options.interfaceName, { queues: 1, mtu: DEFAULT_MTU, up: false });
+    this.tun = Tun.open(options.interfaceName, { queues: 1, mtu: DEFAULT_MTU, up: false, offload: tunOffloadWantedByDefault() });
     this.socket = UdpSocket.open(0);
     this.fabric = createFabric({ workerCount: options.workers });
     this.control = attachControl(this.fabric);
@@ -278,6 +278,7 @@ export class Device {
       fabric: this.fabric,
       udpFd: this.socket.fd,
       tunFds: this.tun.fds,
+      tunVnetHeader: this.tun.vnetHeader,
       commandSignals: this.commandSignals.buffer as SharedArrayBuffer,
       workerIndex,
       wakeFd,

@@ -44,6 +44,8 @@ export interface ThreadInit {
   readonly fabric: import('../ring/fabric.ts').FabricDescription;
   readonly udpFd: number;
   readonly tunFds: readonly number[];
+  /** TUN offloads are on: every read and write starts with a virtio-net header. */
+  readonly tunVnetHeader: boolean;
   /** Int32 per consumer thread (workers, then readers): bumped by the control thread after each postMessage. */
   readonly commandSignals: SharedArrayBuffer;
   readonly workerIndex: number;

@@ -16,6 +16,19 @@ const TUNGETIFF = 0x800454d2;
 export const IFF_TUN = 0x0001;
 export const IFF_NO_PI = 0x1000;
 export const IFF_MULTI_QUEUE = 0x0100;
+/** Every read and write starts with a struct virtio_net_hdr (see src/workers/offload.ts). */
+export const IFF_VNET_HDR = 0x4000;
+// _IOW('T', 208, unsigned int) and _IOW('T', 216, int).
+const TUNSETOFFLOAD = 0x400454d0;
+const TUNSETVNETHDRSZ = 0x400454d8;
+// linux/if_tun.h: what the reader can take (checksum left partial, TCP and UDP super-packets).
+const TUN_F_CSUM = 0x01;
+const TUN_F_TSO4 = 0x02;
+const TUN_F_TSO6 = 0x04;
+const TUN_F_USO4 = 0x20;
+const TUN_F_USO6 = 0x40;
+/** sizeof(struct virtio_net_hdr): what TUNSETVNETHDRSZ is set to. */
+export const TUN_VNET_HDR_SIZE = 10;
 // linux/sockios.h and linux/if.h.
 const SIOCGIFFLAGS = 0x8913;
 const SIOCSIFFLAGS = 0x8914;
@@ -80,13 +93,24 @@ export function setInterfaceUp(name: string, up: boolean): void {
   if (wanted !== flags) interfaceIoctl(name, SIOCSIFFLAGS, 'SIOCSIFFLAGS', (view) => view.setUint16(IFNAMSIZ, wanted, true));
 }
 
-function openQueue(name: string): { fd: number; name: string } {
+/** Whether TUN offloads are wanted by default: the off switch is ZTGATE_TUN_OFFLOAD=0. */
+export function tunOffloadWantedByDefault(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env['ZTGATE_TUN_OFFLOAD'] !== '0';
+}
+
+function openQueue(name: string, vnetHeader: boolean): { fd: number; name: string } {
   const fd = libc.open('/dev/net/tun', O_RDWR | O_NONBLOCK | O_CLOEXEC, 0);
   if (fd < 0) throwErrno('open', '/dev/net/tun');
   try {
     const { bytes, view } = makeIfreq(name);
-    view.setUint16(IFNAMSIZ, IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE, true);
+    view.setUint16(IFNAMSIZ, IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE | (vnetHeader ? IFF_VNET_HDR : 0), true);
     if (libc.ioctl(fd, TUNSETIFF, bytes) < 0) throwErrno('ioctl', `TUNSETIFF ${name}`);
+    if (vnetHeader) {
+      if (libc.ioctl(fd, TUNSETVNETHDRSZ, new Int32Array([TUN_VNET_HDR_SIZE])) < 0) throwErrno('ioctl', 'TUNSETVNETHDRSZ');
+      // The argument is the flag word itself, not a pointer to it.
+      const offloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6;
+      if (libc.ioctl(fd, TUNSETOFFLOAD, offloads) < 0) throwErrno('ioctl', 'TUNSETOFFLOAD');
+    }
     // The kernel writes back the final name (it expands a "%d" pattern).
     return { fd, name: ifreqName(bytes) };
   } catch (error) {
@@ -116,6 +140,11 @@ export interface TunOptions {
   readonly mtu?: number;
   /** Bring the link up after creation (default true). */
   readonly up?: boolean;
+  /**
+   * IFF_VNET_HDR with checksum, TSO and USO offloads: reads and writes carry a 10-byte
+   * virtio-net header and reads may return super-packets (default false).
+   */
+  readonly offload?: boolean;
 }
 
 export class Tun {
@@ -123,11 +152,14 @@ export class Tun {
   readonly fds: readonly number[];
   /** The interface index, taken at creation in the creating namespace. */
   readonly ifindex: number;
+  /** Whether every read and write carries a virtio-net header (offloads on). */
+  readonly vnetHeader: boolean;
   private closed = false;
 
-  private constructor(fds: readonly number[], ifindex: number) {
+  private constructor(fds: readonly number[], ifindex: number, vnetHeader: boolean) {
     this.fds = fds;
     this.ifindex = ifindex;
+    this.vnetHeader = vnetHeader;
   }
 
   /** Creates (or attaches to) TUN interface `name` with `queues` queue descriptors. */
@@ -135,13 +167,14 @@ export class Tun {
     const queues = options.queues ?? 1;
     if (!Number.isInteger(queues) || queues < 1 || queues > 256) throw new RangeError(`tun: bad queue count ${queues}`);
     const fds: number[] = [];
+    const offload = options.offload ?? false;
     try {
-      const first = openQueue(name);
+      const first = openQueue(name, offload);
       fds.push(first.fd);
-      for (let q = 1; q < queues; q++) fds.push(openQueue(first.name).fd);
+      for (let q = 1; q < queues; q++) fds.push(openQueue(first.name, offload).fd);
       if (options.mtu !== undefined) setInterfaceMtu(first.name, options.mtu);
       if (options.up ?? true) setInterfaceUp(first.name, true);
-      return new Tun(fds, interfaceIndex(first.name));
+      return new Tun(fds, interfaceIndex(first.name), offload);
     } catch (error) {
       for (const fd of fds) libc.close(fd);
       throw error;

@@ -104,6 +104,12 @@ export class Ring {
     return n;
   }
 
+  /** Producer: how many entries a push could append now (reloads the read count). */
+  freeSpace(): number {
+    this.#seenReadCount = Atomics.load(this.#counts, RING_READ_COUNT_WORD);
+    return this.capacity - ((Atomics.load(this.#counts, RING_WRITE_COUNT_WORD) - this.#seenReadCount) | 0);
+  }
+
   /** Consumer: remove and return the oldest entry, or -1 when the ring is empty. */
   pop(): number {
     const read = Atomics.load(this.#counts, RING_READ_COUNT_WORD);

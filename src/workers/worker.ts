@@ -2,6 +2,8 @@
 // packets — TUN slot → encrypt in place → sendmmsg, and UDP slot → decrypt in place → TUN write —
 // sleeping on its doorbell when its rings are empty. Handshakes and timers live on the control
 // thread, which sends keys and commands here; counters go back through the shared peer table.
+// With TUN offloads on, consecutive in-order TCP segments of one flow are written to the TUN
+// device as one super-packet (offload.ts), the rest one by one behind an empty virtio header.
 import { applyWorkerCommand, type CommandEffects } from './commands.ts';
 import { Datapath, DROPPED, STAGED, type DatagramSource } from './datapath.ts';
 import { commandSignalIndex, type WorkerCommand } from '../control/messages.ts';
@@ -12,7 +14,8 @@ import { waitForWork } from '../ring/doorbell.ts';
 import { aeadBackend } from '../wireguard/aead.ts';
 import type { Endpoint } from '../wireguard/endpoint.ts';
 import { DatagramMeta, UdpSocket, sourceMayBeStale } from '../io/udp.ts';
-import { tunWrite } from '../io/tun.ts';
+import { TUN_VNET_HDR_SIZE, tunWrite } from '../io/tun.ts';
+import { TcpCoalescer } from './offload.ts';
 import { monotonicNow } from '../clock.ts';
 import { CommandInbox, DropReporter, notifyControl, threadInit } from './thread-support.ts';
 
@@ -33,6 +36,9 @@ const inbox = new CommandInbox<WorkerCommand>(init.commandSignals, commandSignal
 const threadName = `worker${init.workerIndex}`;
 const reporter = new DropReporter(threadName);
 const ioDrops = { sendFailed: 0, sendBufferFull: 0, tunWriteFailed: 0, noFreeSlot: 0 };
+const vnetHeader = init.tunVnetHeader;
+const coalescer = new TcpCoalescer();
+let coalescedSegments = 0;
 const stats = new Float64Array(init.fabric.peerTable);
 const lastHandshakeRequest = new Map<number, number>();
 let now = monotonicNow();
@@ -225,14 +231,38 @@ function decryptSlot(link: InboundLink, slot: number): void {
   source.slot = slot;
   const length = datapath.decrypt(payload, link.slab.payloadLength(slot), source, now, peerOut);
   if (length > 0) {
-    try {
-      if (tunWrite(tunFd, payload, SLOT_PLAINTEXT_OFFSET, length) === 0) ioDrops.tunWriteFailed++;
-    } catch {
-      // EIO while the link is down, EINVAL for a packet the kernel refuses: count and go on.
-      ioDrops.tunWriteFailed++;
+    if (!vnetHeader) writeToTun(payload, SLOT_PLAINTEXT_OFFSET, length, 1);
+    else if (coalescer.add(payload, SLOT_PLAINTEXT_OFFSET, length)) coalescedSegments++;
+    else {
+      flushCoalesced();
+      if (coalescer.add(payload, SLOT_PLAINTEXT_OFFSET, length)) coalescedSegments++;
+      else {
+        // Not TCP that can be coalesced: written alone, after an all-zero virtio header (no
+        // offload, checksum complete) laid over the spent transport header.
+        const at = SLOT_PLAINTEXT_OFFSET - TUN_VNET_HDR_SIZE;
+        payload.fill(0, at, SLOT_PLAINTEXT_OFFSET);
+        writeToTun(payload, at, length + TUN_VNET_HDR_SIZE, 1);
+      }
     }
   }
   returnSlot(link, slot);
+}
+
+/** Writes the open group of TCP segments, if any, as one super-packet. */
+function flushCoalesced(): void {
+  if (!coalescer.pending) return;
+  const length = coalescer.finish();
+  writeToTun(coalescer.buffer, 0, length, coalescedSegments);
+  coalescedSegments = 0;
+}
+
+function writeToTun(view: Uint8Array, offset: number, length: number, packets: number): void {
+  try {
+    if (tunWrite(tunFd, view, offset, length) === 0) ioDrops.tunWriteFailed += packets;
+  } catch {
+    // EIO while the link is down, EINVAL for a packet the kernel refuses: count and go on.
+    ioDrops.tunWriteFailed += packets;
+  }
 }
 
 // ---- the loop -----------------------------------------------------------------------------------
@@ -259,6 +289,7 @@ while (running) {
   flushSends();
   const inbound = end.fromUdp.ring.popBatch(popped);
   for (let i = 0; i < inbound; i++) decryptSlot(end.fromUdp, popped[i]!);
+  flushCoalesced();
   flushSends();
   reporter.maybeReport(allDrops, now);
   if (outbound === 0 && inbound === 0) waitForWork(end.doorbell, IDLE_WAIT_MS, hasWork);
