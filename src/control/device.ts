@@ -2,7 +2,8 @@
 // WireGuard engine (handshakes, cookies, timers), the UAPI socket, and the packet threads. It never
 // touches transport packets: those flow TUN ⇄ worker ⇄ UDP through the shared-memory fabric.
 import { Worker } from 'node:worker_threads';
-import { randomInt } from 'node:crypto';
+import { randomBytes, randomInt } from 'node:crypto';
+import { networkInterfaces } from 'node:os';
 import type { Logger } from '../main/log.ts';
 import { monotonicNow } from '../clock.ts';
 import { SyscallError, ZtgateError } from '../errors.ts';
@@ -20,7 +21,12 @@ import { formatEndpoint, type Endpoint } from '../wireguard/endpoint.ts';
 import { isZeroKey, keyToHex, toPresharedKey, toPrivateKey, toPublicKey, zeroPresharedKey } from '../wireguard/keys.ts';
 import { UAPI_ERRNO, UapiError, type DeviceSnapshot, type PeerOperation, type SetOperation } from '../uapi/protocol.ts';
 import { listenUapi, type UapiServer } from '../uapi/server.ts';
-import { commandSignalIndex, DROP_REPORT_INTERVAL_MS, type ControlNotice, type ReaderCommand, type RouteChange, type ThreadInit, type WorkerCommand } from './messages.ts';
+import type { IceCredentials, IceRole } from '../ice/agent.ts';
+import { transportAddress, type TransportAddress } from '../ice/address.ts';
+import { CHANNEL_DATA_HEADER_BYTES, writeChannelDataHeader } from '../ice/turn.ts';
+import { endpointFromTransport, IceConnections, transportFromEndpoint, type ConnectionEvent, type RelayServer } from './connections.ts';
+import { MESSAGE_COOKIE_REPLY, MESSAGE_COOKIE_REPLY_SIZE, MESSAGE_INITIATION, MESSAGE_INITIATION_SIZE, MESSAGE_RESPONSE, MESSAGE_RESPONSE_SIZE } from '../wireguard/constants.ts';
+import { commandSignalIndex, DROP_REPORT_INTERVAL_MS, type ControlNotice, type ReaderCommand, type RouteChange, type UdpReaderCommand, type ThreadInit, type WorkerCommand } from './messages.ts';
 
 const SO_MARK = 36;
 /** How often worker counters are turned into timer events, and timers are checked. */
@@ -37,6 +43,17 @@ export interface DeviceOptions {
   readonly workers: number;
   readonly logger: Logger;
   readonly logLevel: string;
+  /**
+   * ICE mode: each peer's path comes from its ICE agent (so WireGuard roaming is off), and STUN and
+   * TURN share the WireGuard socket. Without it the device is a static drop-in for wireguard-go.
+   */
+  readonly ice?: IceModeOptions;
+}
+
+export interface IceModeOptions {
+  readonly stunServers: readonly TransportAddress[];
+  readonly relays: readonly RelayServer[];
+  readonly listenPort: number;
 }
 
 interface DevicePeer {
@@ -78,6 +95,13 @@ export class Device {
   private lastDropReportAt = 0;
   private lastDropTotal = 0;
   readonly drops = new Map<string, Readonly<Record<string, number>>>();
+  /** ICE mode only: the connections' agents, relays and gathering. */
+  private ice: IceConnections | null = null;
+  private iceTimer: NodeJS.Timeout | null = null;
+  /** ICE mode only: which side starts WireGuard handshakes once ICE has a path (the controlling one). */
+  private readonly iceRoles = new Map<number, IceRole>();
+  /** Receives connection events in ICE mode (candidates to signal, connected, path changes, failures). */
+  onConnectionEvent: ((event: ConnectionEvent) => void) | null = null;
   /** Resolves when the device has stopped (deleted interface, signal, fatal error). */
   readonly stopped: Promise<void>;
   private resolveStopped!: () => void;
@@ -101,6 +125,7 @@ export class Device {
       shardCount: options.workers,
       random: () => randomInt(2 ** 32) / 2 ** 32,
       wallClock: () => Date.now(),
+      roaming: options.ice === undefined,
     });
   }
 
@@ -114,6 +139,7 @@ export class Device {
       await device.stop('failed to start');
       throw error;
     }
+    if (options.ice !== undefined) device.startIce(options.ice);
     device.tick = setInterval(() => device.onTick(), TICK_MS);
     device.linkPoll = setInterval(() => device.pollLink(), LINK_POLL_MS);
     void device.serveHandshakes();
@@ -267,6 +293,113 @@ export class Device {
     this.sendToWorker(peer.id, { kind: 'endpoint', peer: peer.id, endpoint });
   }
 
+  // ---- ICE mode ----------------------------------------------------------------------------------
+
+  private startIce(options: IceModeOptions): void {
+    if (options.listenPort !== 0) this.rebind(options.listenPort);
+    const port = this.socket.port();
+    const hostAddresses = Object.values(networkInterfaces())
+      .flat()
+      .filter((info) => info !== undefined && !info.internal && !(info.family === 'IPv6' && info.address.startsWith('fe80')))
+      .map((info) => transportAddress(info!.address, port));
+    this.ice = new IceConnections({ hostAddresses, stunServers: options.stunServers, relays: options.relays });
+    this.postReader('udpReader', { kind: 'relays', servers: options.relays.map((relay) => endpointFromTransport(relay.server)) });
+    this.ice.start(monotonicNow());
+    this.pumpIce();
+  }
+
+  /**
+   * Adds `publicKey` as a peer reached through ICE and starts its agent. Returns the peer id and
+   * the ICE credentials to signal; the remote ones may be given now or later.
+   */
+  connect(publicKey: Uint8Array, allowedIps: readonly { bytes: Uint8Array; prefixLength: number }[], role: IceRole, remote: IceCredentials | null): { peer: number; credentials: IceCredentials } {
+    const ice = this.requireIce();
+    this.apply([{ kind: 'peer', publicKey, updateOnly: false, remove: false, replaceAllowedIps: true, allowedIps: allowedIps.map((cidr) => ({ ...cidr, remove: false })) }]);
+    const peer = this.peers.get(keyToHex(publicKey));
+    if (peer === undefined) throw new RangeError('device: that public key is our own');
+    // ice-chars (RFC 8445 §5.3): base64 of 18 bytes is 24 of them, with no padding.
+    const credentials = { ufrag: randomBytes(6).toString('hex'), pwd: randomBytes(18).toString('base64') };
+    this.iceRoles.set(peer.id, role);
+    ice.add(peer.id, role, credentials, remote, monotonicNow());
+    this.pumpIce();
+    return { peer: peer.id, credentials };
+  }
+
+  setRemoteCredentials(peer: number, remote: IceCredentials): void {
+    this.requireIce().setRemoteCredentials(peer, remote);
+    this.pumpIce();
+  }
+
+  addRemoteCandidate(peer: number, candidate: string): void {
+    this.requireIce().addRemoteCandidate(peer, candidate);
+    this.pumpIce();
+  }
+
+  private requireIce(): IceConnections {
+    if (this.ice === null) throw new RangeError('device: not in ICE mode');
+    return this.ice;
+  }
+
+  /** Moves the ICE side's output to the socket and its verdicts to the WireGuard peers. */
+  private pumpIce(): void {
+    const ice = this.ice;
+    if (ice === null) return;
+    const now = monotonicNow();
+    for (let t = ice.pollTransmit(); t !== undefined; t = ice.pollTransmit()) {
+      this.log.debug({ to: t.to, bytes: t.bytes.length }, 'ice: transmit');
+      this.transmit(endpointFromTransport(t.to), t.bytes);
+    }
+    for (let e = ice.pollEvent(); e !== undefined; e = ice.pollEvent()) {
+      switch (e.kind) {
+        case 'connected':
+        case 'pathChanged': {
+          const peer = this.peersById.get(e.peer);
+          if (peer === undefined) break;
+          this.log.info({ peer: e.peer, path: e.path, ...(e.kind === 'connected' ? { elapsedMs: e.elapsedMs } : {}) }, e.kind === 'connected' ? 'connection up' : 'connection path changed');
+          this.setPeerEndpoint(peer, e.endpoint);
+          // Firezone's rule: the controlling side (the client) starts WireGuard once ICE has a path.
+          if (e.kind === 'connected' && this.iceRoles.get(e.peer) === 'controlling') this.engine.requestHandshake(e.peer, now);
+          break;
+        }
+        case 'failed':
+          this.log.warn({ peer: e.peer, reason: e.reason, ice: e.stats }, 'connection failed');
+          this.tearDown(e.peer);
+          break;
+        case 'relayFailed':
+          this.log.warn({ server: e.server, reason: e.reason }, 'relay allocation failed');
+          break;
+        case 'relayAllocated':
+          this.log.info({ server: e.server, relayed: e.relayed }, 'relay allocated');
+          break;
+        case 'relayedDatagram':
+          this.engine.handleHandshakeDatagram(e.bytes, e.bytes.length, e.via, now, false);
+          continue;
+        case 'localCandidate':
+          break;
+      }
+      this.onConnectionEvent?.(e);
+    }
+    this.pump();
+    if (this.iceTimer !== null) clearTimeout(this.iceTimer);
+    const due = ice.pollTimeout();
+    if (Number.isFinite(due) && this.stopping === null) {
+      this.iceTimer = setTimeout(() => {
+        this.iceTimer = null;
+        ice.handleTimeout(monotonicNow());
+        this.pumpIce();
+      }, Math.max(0, due - now));
+    }
+  }
+
+  /** A connection failed (ICE or WireGuard): the peer's sessions and path go, its configuration stays. */
+  private tearDown(id: number): void {
+    this.engine.resetPeer(id);
+    this.ice?.remove(id);
+    this.iceRoles.delete(id);
+    this.sendToWorker(id, { kind: 'clearStaged', peer: id });
+    this.pump();
+  }
+
   // ---- threads -----------------------------------------------------------------------------------
 
   private shardOf(peer: number): number {
@@ -282,6 +415,7 @@ export class Device {
       commandSignals: this.commandSignals.buffer as SharedArrayBuffer,
       workerIndex,
       wakeFd,
+      roaming: this.options.ice === undefined,
       logLevel: this.options.logLevel,
       mtu: DEFAULT_MTU,
     });
@@ -319,7 +453,7 @@ export class Device {
     this.workerDoorbells[index]?.ring();
   }
 
-  private postReader(role: 'tunReader' | 'udpReader', command: ReaderCommand): void {
+  private postReader(role: 'tunReader' | 'udpReader', command: ReaderCommand | UdpReaderCommand): void {
     const index = role === 'tunReader' ? 0 : 1;
     this.readers[index]?.postMessage(command);
     Atomics.add(this.commandSignals, commandSignalIndex(role, 0, this.options.workers), 1);
@@ -385,7 +519,18 @@ export class Device {
           localAddress: local.every((b) => b === 0) ? null : local,
           localIfindex: slab.localIfindex(slot),
         };
-        this.engine.handleHandshakeDatagram(slab.payloadView(slot), slab.payloadLength(slot), from, now, underLoad);
+        const payload = slab.payloadView(slot);
+        const length = slab.payloadLength(slot);
+        if (this.ice !== null && !isWireGuardHandshake(payload, length)) {
+          // The local side: the address it arrived on (pktinfo) at our socket's port.
+          const arrivedOn = from.localAddress === null ? null : transportFromEndpoint({ ...from, address: from.localAddress, port: this.socket.port() });
+          const accepted = this.ice.handleDatagram(payload.slice(0, length), transportFromEndpoint(from), arrivedOn, now);
+          this.log.debug({ from: transportFromEndpoint(from), arrivedOn, bytes: length, accepted }, 'ice: datagram');
+          returnSlot(link, slot);
+          this.pumpIce();
+          continue;
+        }
+        this.engine.handleHandshakeDatagram(payload, length, from, now, underLoad);
         returnSlot(link, slot);
         this.pump();
       }
@@ -444,12 +589,28 @@ export class Device {
         peer.endpoint = event.endpoint;
         this.sendToWorker(event.peer, event);
         return;
+      case 'clearStaged':
+        this.sendToWorker(event.peer, event);
+        // The handshake gave up: in ICE mode the connection fails as a whole (ICE ∧ WireGuard).
+        if (this.ice !== null && this.iceRoles.has(event.peer)) {
+          this.log.warn({ peer: event.peer, reason: 'wireguard: handshake did not complete' }, 'connection failed');
+          this.onConnectionEvent?.({ kind: 'failed', peer: event.peer, reason: 'wireguard: handshake did not complete' });
+          this.tearDown(event.peer);
+        }
+        return;
       default:
         this.sendToWorker(event.peer, event);
     }
   }
 
-  private transmit(to: Endpoint, bytes: Uint8Array): void {
+  private transmit(to: Endpoint, payload: Uint8Array): void {
+    let bytes = payload;
+    if (to.relayChannel !== undefined && to.relayChannel !== 0) {
+      // Through our TURN allocation: a ChannelData header in front (RFC 8656 §12.4).
+      bytes = new Uint8Array(CHANNEL_DATA_HEADER_BYTES + payload.length);
+      writeChannelDataHeader(bytes, 0, to.relayChannel, payload.length);
+      bytes.set(payload, CHANNEL_DATA_HEADER_BYTES);
+    }
     const meta = this.sendMeta;
     meta.setLength(0, bytes.length);
     meta.setRemote(0, to.family, to.address, to.port);
@@ -500,6 +661,12 @@ export class Device {
   private async shutdown(reason: string): Promise<void> {
     this.log.info({ reason }, 'device stopping');
     if (this.tick !== null) clearInterval(this.tick);
+    if (this.ice !== null) {
+      // Release the relay allocations (best effort: the datagrams leave before the socket closes).
+      this.ice.close(monotonicNow());
+      this.pumpIce();
+      if (this.iceTimer !== null) clearTimeout(this.iceTimer);
+    }
     if (this.linkPoll !== null) clearInterval(this.linkPoll);
     await this.uapi?.close();
     const threads = [...this.workers, ...this.readers];
@@ -525,4 +692,13 @@ export function describeStartError(error: unknown): string {
   if (error instanceof SyscallError && error.errno === 16) return 'the interface is in use by another process';
   if (error instanceof ZtgateError) return error.message;
   return error instanceof Error ? error.message : String(error);
+}
+
+/** A WireGuard handshake-class message by type, size and zero reserved bytes (whitepaper §5.4). */
+function isWireGuardHandshake(payload: Uint8Array, length: number): boolean {
+  if (length < 4 || payload[1] !== 0 || payload[2] !== 0 || payload[3] !== 0) return false;
+  const type = payload[0];
+  return (type === MESSAGE_INITIATION && length === MESSAGE_INITIATION_SIZE)
+    || (type === MESSAGE_RESPONSE && length === MESSAGE_RESPONSE_SIZE)
+    || (type === MESSAGE_COOKIE_REPLY && length === MESSAGE_COOKIE_REPLY_SIZE);
 }

@@ -25,9 +25,15 @@ export type WorkerCommand =
   | { readonly kind: 'mtu'; readonly mtu: number }
   | { readonly kind: 'stop' };
 
-/** Control thread → a reader thread. */
+/** Control thread → the TUN reader. */
 export type ReaderCommand =
   | { readonly kind: 'routes'; readonly changes: readonly RouteChange[] }
+  | { readonly kind: 'stop' };
+
+/** Control thread → the UDP reader. */
+export type UdpReaderCommand =
+  /** ICE mode: the TURN servers whose ChannelData carrying WireGuard data the reader unwraps. */
+  | { readonly kind: 'relays'; readonly servers: readonly Endpoint[] }
   | { readonly kind: 'stop' };
 
 /** A packet thread → the control thread. */
@@ -53,6 +59,8 @@ export interface ThreadInit {
   readonly wakeFd: number;
   readonly logLevel: string;
   readonly mtu: number;
+  /** Static mode: a peer's endpoint follows its packets. ICE mode: ICE alone sets it. */
+  readonly roaming: boolean;
 }
 
 /** Index of a thread's word in `commandSignals`: workers first, then the TUN reader, then the UDP reader. */

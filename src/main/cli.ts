@@ -9,6 +9,7 @@ import { createLogger, parseLogLevel } from './log.ts';
 import { Device, describeStartError } from '../control/device.ts';
 import { MAX_WORKERS } from '../ring/fabric.ts';
 import { runNetcheck } from './netcheck.ts';
+import { CONNECT_USAGE, ConnectUsageError, runConnect } from './connect.ts';
 
 const USAGE = `usage:
   ztgate wg [-f|--foreground] [--workers N] [--log-level LEVEL] IFNAME
@@ -16,6 +17,7 @@ const USAGE = `usage:
   ztgate netcheck --stun HOST[:PORT] [--stun ...] [--turn HOST[:PORT] (--turn-username U
                   --turn-password P | --turn-secret S)] [--timeout MS] [--json]
       UDP reachability, host/server-reflexive addresses, NAT mapping, a TURN relayed address
+${CONNECT_USAGE}
   ztgate --version`;
 
 /** The environment variable wireguard-go reads to stay in the foreground; we honour it too. */
@@ -33,6 +35,7 @@ async function main(argv: readonly string[]): Promise<number> {
   }
   if (command === 'wg') return runWg(rest);
   if (command === 'netcheck') return runNetcheck(rest);
+  if (command === 'connect') return runConnect(rest);
   throw new UsageError(command === undefined ? 'missing command' : `unknown command '${command}'`);
 }
 
@@ -134,7 +137,7 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (error: unknown) => {
-    if (error instanceof UsageError || (error instanceof TypeError && 'code' in error && String(error.code).startsWith('ERR_PARSE_ARGS'))) {
+    if (error instanceof UsageError || error instanceof ConnectUsageError || (error instanceof TypeError && 'code' in error && String(error.code).startsWith('ERR_PARSE_ARGS'))) {
       process.stderr.write(`ztgate: ${error.message}\n${USAGE}\n`);
       process.exitCode = 2;
       return;

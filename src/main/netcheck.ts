@@ -349,6 +349,21 @@ export async function parseNetcheckArgs(args: readonly string[]): Promise<Netche
   if (!Number.isInteger(timeoutMs) || timeoutMs < MIN_TIMEOUT_MS || timeoutMs > MAX_TIMEOUT_MS) {
     throw new NetcheckUsageError(`--timeout must be an integer number of milliseconds from ${MIN_TIMEOUT_MS} to ${MAX_TIMEOUT_MS}, got '${values.timeout}'`);
   }
+  const { stunServers, turn } = await resolveStunAndTurn(values);
+  return { stunServers, turn, timeoutMs, json: values.json };
+}
+
+/** The `--stun`, `--turn` and TURN credential options (shared by netcheck and connect). */
+export interface StunTurnArgs {
+  readonly stun?: readonly string[] | undefined;
+  readonly turn?: string | undefined;
+  readonly 'turn-username'?: string | undefined;
+  readonly 'turn-password'?: string | undefined;
+  readonly 'turn-secret'?: string | undefined;
+}
+
+/** Resolves the STUN servers and the TURN server with its credentials; NetcheckUsageError on bad use. */
+export async function resolveStunAndTurn(values: StunTurnArgs): Promise<Pick<NetcheckOptions, 'stunServers' | 'turn'>> {
   const username = values['turn-username'];
   const password = values['turn-password'];
   const secret = values['turn-secret'];
@@ -368,8 +383,8 @@ export async function parseNetcheckArgs(args: readonly string[]): Promise<Netche
     }
     turn = { server: await resolveServer(values.turn), credentials };
   }
-  const stunServers = await Promise.all(stunArgs.map(resolveServer));
-  return { stunServers, turn, timeoutMs, json: values.json };
+  const stunServers = await Promise.all((values.stun ?? []).map(resolveServer));
+  return { stunServers, turn };
 }
 
 /** Human-readable report. */

@@ -10,11 +10,16 @@ export interface Endpoint {
   readonly localAddress: Uint8Array | null;
   /** The interface that local address belongs to (0 when unknown). */
   readonly localIfindex: number;
+  /**
+   * Non-zero when datagrams go through our TURN allocation: `address`/`port` are then the relay
+   * server's, and each datagram is wrapped in ChannelData with this channel number (RFC 8656 §12).
+   */
+  readonly relayChannel?: number;
 }
 
 export function endpointsEqual(a: Endpoint | null, b: Endpoint | null): boolean {
   if (a === null || b === null) return a === b;
-  return a.family === b.family && a.port === b.port && bytesEqual(a.address, b.address);
+  return a.family === b.family && a.port === b.port && (a.relayChannel ?? 0) === (b.relayChannel ?? 0) && bytesEqual(a.address, b.address);
 }
 
 /** Same remote and same local source: nothing to tell anyone. */
@@ -24,6 +29,7 @@ export function endpointsIdentical(a: Endpoint | null, b: Endpoint | null): bool
   return a.localIfindex === b.localIfindex && bytesEqual(a.localAddress, b.localAddress);
 }
 
+/** `wg` shows a relayed peer at its relay server's address (where our datagrams go). */
 export function formatEndpoint(endpoint: Endpoint): string {
   const host = endpoint.family === 4 ? formatIpv4(endpoint.address) : `[${formatIpv6(endpoint.address)}]`;
   return `${host}:${endpoint.port}`;

@@ -75,6 +75,11 @@ export interface EngineOptions {
   readonly random: () => number;
   /** Wall-clock milliseconds since the epoch, for TAI64N timestamps and `wg show`. */
   readonly wallClock: () => number;
+  /**
+   * Whether an authenticated handshake moves the peer's endpoint to its source (WireGuard's
+   * roaming; default true). Off when ICE chooses the path, which may run through a relay.
+   */
+  readonly roaming?: boolean;
 }
 
 interface EnginePeer {
@@ -163,6 +168,14 @@ export class WireGuardEngine {
     };
     this.peers.set(id, peer);
     this.peersByKey.set(keyToHex(publicKey), peer);
+  }
+
+  /** Forgets a peer's sessions and handshake (its connection failed); its configuration stays. */
+  resetPeer(id: number): void {
+    const peer = this.peers.get(id);
+    if (peer === undefined) return;
+    peer.timers.stopAll();
+    this.forgetSessions(peer);
   }
 
   removePeer(id: number): void {
@@ -462,7 +475,7 @@ export class WireGuardEngine {
 
   /** wireguard-go SetEndpointFromPacket: an authenticated handshake moves the peer's endpoint. */
   private learnEndpoint(peer: EnginePeer, from: Endpoint): void {
-    if (endpointsIdentical(peer.endpoint, from)) return;
+    if (this.options.roaming === false || endpointsIdentical(peer.endpoint, from)) return;
     peer.endpoint = from;
     this.events.push({ kind: 'endpoint', peer: peer.id, endpoint: from });
   }

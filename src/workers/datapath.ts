@@ -74,6 +74,8 @@ export class Datapath {
   readonly routes = new AllowedIps();
   readonly drops: Record<DropReason, number>;
   mtu: number;
+  /** Whether an authenticated packet from a new source moves the peer's endpoint (off in ICE mode). */
+  roaming = true;
   private readonly peers = new Map<number, WorkerPeer>();
   private readonly keypairs = new Map<number, { readonly peer: WorkerPeer; readonly keypair: Keypair }>();
   private readonly aead: AeadBackend;
@@ -205,7 +207,7 @@ export class Datapath {
     stats[record + PEER_LAST_RECEIVED_MS_F64] = now;
     if (peer.sessions.confirm(keypair)) this.effects.sessionConfirmed(id);
     // wireguard-go SetEndpointFromPacket: the latest authenticated packet decides where replies go.
-    if (!source.matches(peer.endpoint)) this.roam(peer, source.toEndpoint());
+    if (this.roaming && !source.matches(peer.endpoint)) this.roam(peer, source.toEndpoint());
     if (peer.sessions.needsRekeyAfterReceive(now)) this.effects.requestHandshake(id);
     if (plaintextLength === 0) return 0;
 

@@ -2,7 +2,7 @@
 // demultiplexes them by their first byte (ARCHITECTURE.md, "Demultiplexing one UDP socket"):
 // transport data (type 4) goes to the worker that owns its receiver index, handshake messages
 // (types 1–3) to the control thread, anything else is dropped and counted.
-import { commandSignalIndex, type ReaderCommand } from '../control/messages.ts';
+import { commandSignalIndex, type UdpReaderCommand } from '../control/messages.ts';
 import { attachUdpReader, type OutboundLink } from '../ring/fabric.ts';
 import {
   MESSAGE_COOKIE_REPLY,
@@ -12,6 +12,8 @@ import {
 } from '../wireguard/constants.ts';
 import { shardOfIndex } from '../wireguard/indexes.ts';
 import { transportReceiverIndex } from '../wireguard/transport.ts';
+import { CHANNEL_DATA_HEADER_BYTES } from '../ice/turn.ts';
+import { STUN_MAGIC_COOKIE } from '../ice/stun.ts';
 import { waitReadable } from '../io/libc.ts';
 import { DatagramMeta, META_BYTES, META_LOCAL_ADDRESS_BYTE, META_REMOTE_ADDRESS_BYTE, UdpSocket } from '../io/udp.ts';
 import { CommandInbox, DropReporter, notifyControl, threadInit } from './thread-support.ts';
@@ -24,8 +26,8 @@ const init = threadInit();
 const fabric = attachUdpReader(init.fabric);
 const workerCount = init.fabric.workerCount;
 const socket = UdpSocket.attach(init.udpFd, { batchSize: BATCH });
-const inbox = new CommandInbox<ReaderCommand>(init.commandSignals, commandSignalIndex('udpReader', 0, workerCount));
-const drops = { notWireGuard: 0, truncated: 0, noFreeSlot: 0, ringFull: 0 };
+const inbox = new CommandInbox<UdpReaderCommand>(init.commandSignals, commandSignalIndex('udpReader', 0, workerCount));
+const drops = { notWireGuard: 0, badChannelData: 0, truncated: 0, noFreeSlot: 0, ringFull: 0 };
 const reporter = new DropReporter('udpReader');
 const slab = fabric.pool.slab;
 const meta = new DatagramMeta(BATCH);
@@ -33,6 +35,12 @@ const slots = new Int32Array(BATCH);
 const views: Uint8Array[] = [];
 const touched = new Uint8Array(workerCount + 1);
 let running = true;
+/**
+ * ICE mode (set by the control thread's `relays` command): STUN goes to the control thread, and
+ * ChannelData from these TURN servers that carries WireGuard data is unwrapped here.
+ */
+let iceMode = false;
+let relays: ReadonlyArray<{ family: number; address: Uint8Array; port: number }> = [];
 
 function route(link: OutboundLink, slot: number, target: number): void {
   if (link.ring.push(slot)) {
@@ -87,6 +95,57 @@ function dispatch(i: number, slot: number): void {
     local[k] = meta.localFamily(i) === 0 ? 0 : meta.bytes[base + META_LOCAL_ADDRESS_BYTE + k]!;
   }
   const payload = slab.payloadView(slot);
+  if (iceMode && !demuxIce(slot, payload, length)) return;
+  dispatchWireGuard(slot, payload, slab.payloadLength(slot));
+}
+
+/**
+ * ICE mode's share of the demultiplexing (ARCHITECTURE.md; RFC 7983): ChannelData from a relay
+ * carrying a transport message is unwrapped in place and goes on as WireGuard; other ChannelData and
+ * STUN go to the control thread (TURN client, ICE agents). Returns true to continue with WireGuard.
+ */
+function demuxIce(slot: number, payload: Uint8Array, length: number): boolean {
+  const first = length >= 4 ? payload[0]! : 0xff;
+  if (first >= 0x40 && first <= 0x4f && fromRelay(slot)) {
+    const inner = (payload[2]! << 8) | payload[3]!;
+    if (CHANNEL_DATA_HEADER_BYTES + inner > length) {
+      drops.badChannelData++;
+      fabric.pool.release(slot);
+      return false;
+    }
+    if (inner >= MESSAGE_TRANSPORT_MIN_SIZE && payload[CHANNEL_DATA_HEADER_BYTES] === MESSAGE_TRANSPORT) {
+      payload.copyWithin(0, CHANNEL_DATA_HEADER_BYTES, CHANNEL_DATA_HEADER_BYTES + inner);
+      slab.setPayloadLength(slot, inner);
+      return true;
+    }
+    route(fabric.toControl, slot, workerCount);
+    return false;
+  }
+  if (first < 4 && length >= 20 && readU32BE(payload, 4) === STUN_MAGIC_COOKIE) {
+    route(fabric.toControl, slot, workerCount);
+    return false;
+  }
+  return true;
+}
+
+function fromRelay(slot: number): boolean {
+  const family = slab.remoteFamily(slot);
+  const port = slab.remotePort(slot);
+  const remote = slab.remoteAddressView(slot);
+  for (const relay of relays) {
+    if (relay.family !== family || relay.port !== port) continue;
+    let same = true;
+    for (let k = 0; k < relay.address.length; k++) if (remote[k] !== relay.address[k]) same = false;
+    if (same) return true;
+  }
+  return false;
+}
+
+function readU32BE(bytes: Uint8Array, at: number): number {
+  return ((bytes[at]! << 24) | (bytes[at + 1]! << 16) | (bytes[at + 2]! << 8) | bytes[at + 3]!) >>> 0;
+}
+
+function dispatchWireGuard(slot: number, payload: Uint8Array, length: number): void {
   const type = length >= 4 ? payload[0]! : 0;
   // Reserved bytes must be zero in every WireGuard message (whitepaper §5.4).
   const wellFormed = length >= 4 && payload[1] === 0 && payload[2] === 0 && payload[3] === 0;
@@ -105,6 +164,10 @@ notifyControl({ kind: 'ready', thread: 'udpReader' });
 while (running) {
   inbox.drain((command) => {
     if (command.kind === 'stop') running = false;
+    else {
+      iceMode = true;
+      relays = command.servers;
+    }
   });
   if (!running) break;
   if (receiveBatch() === 0) waitReadable(socket.fd, POLL_TIMEOUT_MS, init.wakeFd);

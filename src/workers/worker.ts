@@ -14,6 +14,7 @@ import { waitForWork } from '../ring/doorbell.ts';
 import { aeadBackend } from '../wireguard/aead.ts';
 import type { Endpoint } from '../wireguard/endpoint.ts';
 import { DatagramMeta, UdpSocket, sourceMayBeStale } from '../io/udp.ts';
+import { CHANNEL_DATA_HEADER_BYTES, writeChannelDataHeader } from '../ice/turn.ts';
 import { TUN_VNET_HDR_SIZE, tunWrite } from '../io/tun.ts';
 import { TcpCoalescer } from './offload.ts';
 import { monotonicNow } from '../clock.ts';
@@ -62,6 +63,9 @@ const datapath = new Datapath(aeadBackend(), stats, init.mtu, {
     flushStaged(peer, false);
   },
 });
+
+// With ICE choosing the path (it may run through a relay), a packet's source must not move it.
+datapath.roaming = init.roaming;
 
 const effects: CommandEffects = {
   sendKeepalive(peer) {
@@ -117,16 +121,27 @@ function encryptSlot(peer: number, source: number, slot: number, ipLength: numbe
     return;
   }
   const endpoint = datapath.endpointOf(peer)!;
+  const datagramLength = endpoint.relayChannel ? wrapChannelData(payload, length, endpoint.relayChannel) : length;
   const i = sendCount++;
   sendViews[i] = payload;
   sendSources[i] = source;
   sendSlots[i] = slot;
   sendPeers[i] = peer;
-  sendMeta.setLength(i, length);
+  sendMeta.setLength(i, datagramLength);
   sendMeta.setRemote(i, endpoint.family, endpoint.address, endpoint.port);
   if (endpoint.localAddress === null) sendMeta.clearLocal(i);
   else sendMeta.setLocal(i, endpoint.family, endpoint.localAddress, endpoint.localIfindex);
   if (sendCount === BATCH) flushSends();
+}
+
+/**
+ * Through our TURN allocation: moves the datagram up by four bytes and puts a ChannelData header in
+ * front (RFC 8656 §12.4); the slot has room to spare past the largest datagram.
+ */
+function wrapChannelData(payload: Uint8Array, length: number, channel: number): number {
+  payload.copyWithin(CHANNEL_DATA_HEADER_BYTES, 0, length);
+  writeChannelDataHeader(payload, 0, channel, length);
+  return CHANNEL_DATA_HEADER_BYTES + length;
 }
 
 function flushSends(): void {

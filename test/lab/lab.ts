@@ -148,6 +148,21 @@ export class LabProcess {
     return this.#output;
   }
 
+  /** Calls `listener` with each whole line the process writes to its standard output. */
+  onStdoutLine(listener: (line: string) => void): void {
+    let partial = '';
+    this.#child.stdout?.on('data', (chunk: string) => {
+      const lines = (partial + chunk).split('\n');
+      partial = lines.pop() ?? '';
+      for (const line of lines) listener(line);
+    });
+  }
+
+  /** Writes to the process's standard input (spawned with `stdin: true`); ignored once it exited. */
+  write(text: string): void {
+    if (this.running) this.#child.stdin?.write(text);
+  }
+
   async waitForOutput(pattern: RegExp, timeoutMs: number): Promise<void> {
     await waitFor(`${pattern} from ${this.description}`, timeoutMs, () => {
       if (pattern.test(this.#output)) return true;
@@ -305,10 +320,11 @@ export class Lab {
   }
 
   /** Starts a long-running process, inside `ns` when given; stopped at close(). */
-  spawn(ns: Netns | null, command: string, args: readonly string[], env?: NodeJS.ProcessEnv): LabProcess {
+  spawn(ns: Netns | null, command: string, args: readonly string[], env?: NodeJS.ProcessEnv,
+    options: { readonly stdin?: boolean } = {}): LabProcess {
     const argv = ns === null ? [command, ...args] : ['ip', 'netns', 'exec', ns.name, command, ...args];
     const [file = command, ...rest] = argv;
-    const child = spawn(file, rest, { stdio: ['ignore', 'pipe', 'pipe'], env: env ?? process.env });
+    const child = spawn(file, rest, { stdio: [options.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'], env: env ?? process.env });
     const labProcess = new LabProcess(argv.join(' '), child);
     this.defer(`process ${labProcess.pid}`, async () => {
       await labProcess.stop();
