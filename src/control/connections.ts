@@ -78,6 +78,7 @@ export class IceConnections {
   private readonly events: ConnectionEvent[] = [];
   /** Datagrams that were neither ours nor any agent's. */
   unmatched = 0;
+  private readonly retiredDrops: Record<string, number> = {};
 
   constructor(options: ConnectionsOptions) {
     this.options = options;
@@ -128,7 +129,26 @@ export class IceConnections {
   }
 
   remove(peer: number): void {
+    const connection = this.connections.get(peer);
+    if (connection !== undefined) this.retire(connection);
     this.connections.delete(peer);
+  }
+
+  /**
+   * Datagrams dropped or refused on the ICE side, by reason: what nobody claimed, what the agents
+   * refused or dropped (over every connection, gone ones included) and what the TURN clients dropped.
+   */
+  dropCounts(): Record<string, number> {
+    const counts: Record<string, number> = { 'ice.unmatched': this.unmatched, ...this.retiredDrops };
+    for (const connection of this.connections.values()) addAgentDrops(counts, connection.agent.stats);
+    for (const relay of this.relays) {
+      for (const [reason, n] of Object.entries(relay.client.drops)) counts[`turn.${reason}`] = (counts[`turn.${reason}`] ?? 0) + n;
+    }
+    return counts;
+  }
+
+  private retire(connection: Connection): void {
+    addAgentDrops(this.retiredDrops, connection.agent.stats);
   }
 
   /** Deallocates every relay (best effort); call before shutting down and pump the transmits. */
@@ -235,12 +255,14 @@ export class IceConnections {
 
   private deliverToAgents(bytes: Uint8Array, from: TransportAddress, arrival: { local: TransportAddress; relay: string | null }, now: number): boolean {
     const connection = this.connectionFor(bytes);
-    if (connection === undefined || !connection.agent.handleInput(bytes, from, arrival, now)) {
+    if (connection === undefined) {
       this.unmatched++;
       return false;
     }
+    // The agent counts what it does not take (not STUN, bad fingerprint, unauthenticated, ...).
+    const taken = connection.agent.handleInput(bytes, from, arrival, now);
     this.pumpAgents(now);
-    return true;
+    return taken;
   }
 
   /**
@@ -330,6 +352,7 @@ export class IceConnections {
             break;
           case 'failed':
             this.events.push({ kind: 'failed', peer: connection.peer, reason: `ice: ${e.reason}`, stats: { ...agent.stats } });
+            this.retire(connection);
             this.connections.delete(connection.peer);
             break;
           case 'roleChanged':
@@ -351,6 +374,14 @@ export class IceConnections {
       }
     }
     return endpointFromTransport(pair.remote.address);
+  }
+}
+
+/** The agent counters that count dropped or refused input (the rest count work done). */
+function addAgentDrops(counts: Record<string, number>, stats: Readonly<Record<string, number>>): void {
+  for (const [name, n] of Object.entries(stats)) {
+    if (!name.startsWith('dropped') && !name.startsWith('refused')) continue;
+    counts[`ice.${name}`] = (counts[`ice.${name}`] ?? 0) + n;
   }
 }
 

@@ -555,13 +555,13 @@ export class Device {
     }
     if (this.engine.pollTimeout() <= now) this.engine.handleTimeout(now);
     this.pump();
-    this.reportHandshakeDrops(now);
+    this.reportControlDrops(now);
   }
 
-  /** Logs the engine's handshake drop counters when they changed (like the packet threads do). */
-  private reportHandshakeDrops(now: number): void {
+  /** Logs the control thread's drop counters (handshakes, ICE, TURN) when they changed. */
+  private reportControlDrops(now: number): void {
     if (now - this.lastDropReportAt < DROP_REPORT_INTERVAL_MS) return;
-    const counts = { ...this.engine.drops };
+    const counts = { ...this.engine.drops, ...this.ice?.dropCounts() };
     const total = Object.values(counts).reduce((sum, n) => sum + n, 0);
     if (total === this.lastDropTotal) return;
     this.lastDropReportAt = now;

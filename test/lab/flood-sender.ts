@@ -1,9 +1,11 @@
-// Sends a bounded flood of bad datagrams at one UDP address, for the bad-input lab test. Run inside
+// Sends a bounded flood of bad datagrams at one UDP address, for the bad-input lab tests. Run inside
 // a lab namespace: `node flood-sender.ts HOST PORT COUNT SEED [REPLAY_FILE]`. Prints one JSON line
 // with how many of each kind it sent. REPLAY_FILE holds captured transport datagrams (length-
-// prefixed) that are sent again verbatim: replayed counters.
+// prefixed) that are sent again verbatim: replayed counters. FLOOD_PROFILE=stun sends malformed
+// and forged STUN, TURN and ChannelData messages instead of WireGuard-shaped ones.
 import { createSocket } from 'node:dgram';
 import { readFileSync } from 'node:fs';
+import { crc32 } from 'node:zlib';
 
 const [host, portText, countText, seedText, replayFile] = process.argv.slice(2);
 if (host === undefined || portText === undefined || countText === undefined || seedText === undefined) {
@@ -60,7 +62,60 @@ const kinds = {
   },
   replayedTransport: () => replays[int(replays.length)] ?? typed(4, 64),
 };
-const names = Object.keys(kinds) as (keyof typeof kinds)[];
+/** A STUN header (RFC 8489 §5) with a random transaction id, then `body`. */
+function stun(type: number, body: Buffer, lengthField = body.length): Buffer {
+  const header = Buffer.alloc(20);
+  header.writeUInt16BE(type, 0);
+  header.writeUInt16BE(lengthField & 0xffff, 2);
+  header.writeUInt32BE(0x2112a442, 4);
+  randomBytes(12).copy(header, 8);
+  return Buffer.concat([header, body]);
+}
+function attribute(type: number, value: Buffer): Buffer {
+  const header = Buffer.alloc(4);
+  header.writeUInt16BE(type, 0);
+  header.writeUInt16BE(value.length, 2);
+  return Buffer.concat([header, value, Buffer.alloc((4 - (value.length % 4)) % 4)]);
+}
+/** Appends a valid FINGERPRINT (RFC 8489 §14.7): CRC-32 of the message so far, XOR 0x5354554E. */
+function withFingerprint(message: Buffer): Buffer {
+  const out = Buffer.concat([message, Buffer.alloc(8)]);
+  out.writeUInt16BE(out.length - 20, 2);
+  out.writeUInt16BE(0x8028, message.length);
+  out.writeUInt16BE(4, message.length + 2);
+  out.writeUInt32BE((crc32(out.subarray(0, message.length)) ^ 0x5354554e) >>> 0, message.length + 4);
+  return out;
+}
+const STUN_TYPES = [0x0001, 0x0101, 0x0111, 0x0011, 0x0003, 0x0103, 0x0113, 0x0004, 0x0104, 0x0008, 0x0009, 0x0109, 0x0016, 0x0017];
+const stunKinds = {
+  randomAttributes: () => {
+    const attributes: Buffer[] = [];
+    for (let i = int(6); i > 0; i--) attributes.push(attribute(int(0x10000), randomBytes(int(64))));
+    return stun(STUN_TYPES[int(STUN_TYPES.length)]!, Buffer.concat(attributes));
+  },
+  // A well-formed connectivity check (valid FINGERPRINT) with a guessed USERNAME and a forged
+  // MESSAGE-INTEGRITY: it must be refused, never answered with a signed success.
+  forgedCheck: () => withFingerprint(stun(0x0001, Buffer.concat([
+    attribute(0x0006, Buffer.from(`${randomBytes(4).toString('hex')}:${randomBytes(4).toString('hex')}`)),
+    attribute(0x0024, randomBytes(4)),
+    attribute(0x802a, randomBytes(8)),
+    attribute(0x0008, randomBytes(20)),
+  ]))),
+  badFingerprint: () => stun(0x0001, Buffer.concat([attribute(0x0006, randomBytes(9)), attribute(0x8028, randomBytes(4))])),
+  forgedResponse: () => stun(0x0101, Buffer.concat([attribute(0x0020, randomBytes(8)), attribute(0x0008, randomBytes(20))])),
+  wrongLength: () => stun(STUN_TYPES[int(STUN_TYPES.length)]!, randomBytes(4 * int(16)), int(0x10000)),
+  truncated: () => stun(0x0001, randomBytes(64)).subarray(0, int(24)),
+  channelData: () => {
+    const payload = randomBytes(int(1400));
+    const header = Buffer.alloc(4);
+    header.writeUInt16BE(0x4000 + int(0x1000), 0);
+    header.writeUInt16BE(random() < 0.8 ? payload.length : int(0x10000), 2);
+    return Buffer.concat([header, payload]);
+  },
+};
+
+const profile: Record<string, () => Buffer> = process.env['FLOOD_PROFILE'] === 'stun' ? stunKinds : kinds;
+const names = Object.keys(profile);
 const sent: Record<string, number> = Object.fromEntries(names.map((n) => [n, 0]));
 
 const socket = createSocket(host.includes(':') ? 'udp6' : 'udp4');
@@ -71,7 +126,7 @@ function burst(): void {
   for (let i = 0; i < BURST && remaining > 0; i++, remaining--) {
     const kind = names[int(names.length)]!;
     sent[kind]!++;
-    socket.send(kinds[kind](), port, host);
+    socket.send(profile[kind](), port, host);
   }
   if (remaining > 0) setTimeout(burst, 5);
   else setTimeout(() => {
