@@ -4,8 +4,7 @@
 // AEAD lives in aead.ts.
 
 import { createRequire } from 'node:module';
-import { blake2s } from '@noble/hashes/blake2.js';
-import { hmac } from '@noble/hashes/hmac.js';
+import { blake2sInto, hmacBlake2sInto } from './blake2s.ts';
 import { COOKIE_NONCE_SIZE, KEY_SIZE, MAC_SIZE } from './constants.ts';
 
 /** The part of sodium-native (which ships no type declarations) that ztgate uses. */
@@ -32,26 +31,30 @@ export const sodium = createRequire(import.meta.url)('sodium-native') as SodiumB
 
 /** HASH(input): BLAKE2s-256 over the concatenation of the parts (whitepaper §5.4). */
 export function hash(...parts: readonly Uint8Array[]): Uint8Array {
-  const h = blake2s.create();
-  for (const part of parts) h.update(part);
-  return h.digest();
+  const out = new Uint8Array(KEY_SIZE);
+  blake2sInto(out, 0, KEY_SIZE, undefined, ...parts);
+  return out;
 }
 
 /** MAC(key, input): keyed BLAKE2s with a 16-byte output (whitepaper §5.4). */
 export function mac(key: Uint8Array, input: Uint8Array): Uint8Array {
-  return blake2s(input, { key, dkLen: MAC_SIZE });
+  const out = new Uint8Array(MAC_SIZE);
+  blake2sInto(out, 0, MAC_SIZE, key, input);
+  return out;
 }
 
 /** BLAKE2s with an optional key and output length; exposed for the RFC 7693 self-test. */
 export function blake2sDigest(input: Uint8Array, key: Uint8Array | undefined, outputLength: number): Uint8Array {
-  return blake2s(input, { key, dkLen: outputLength });
+  const out = new Uint8Array(outputLength);
+  blake2sInto(out, 0, outputLength, key, input);
+  return out;
 }
 
 /** HMAC(key, input): RFC 2104 HMAC over BLAKE2s-256 (block size 64), the parts concatenated. */
 export function hmacBlake2s(key: Uint8Array, ...parts: readonly Uint8Array[]): Uint8Array {
-  const h = hmac.create(blake2s, key);
-  for (const part of parts) h.update(part);
-  return h.digest();
+  const out = new Uint8Array(KEY_SIZE);
+  hmacBlake2sInto(out, 0, key, ...parts);
+  return out;
 }
 
 const ONE = Uint8Array.of(1);
