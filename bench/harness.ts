@@ -116,20 +116,11 @@ export function formatTable(rows: readonly Row[]): string {
   return out.join('\n');
 }
 
-/** A deterministic PRNG (mulberry32), so every run times the same inputs. */
-export function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 /** Runs `cases` on their own and prints their table: for the single-topic bench files. */
 export async function runStandalone(cases: readonly BenchCase[], options: TimingOptions = { timeMs: 1500, warmupMs: 300 }): Promise<void> {
   console.log(describeMachine());
   console.log(formatTable(await timeCases(cases, options)));
 }
+
+export { seededRandom as seeded } from '../test/support/random.ts';

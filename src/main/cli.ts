@@ -2,14 +2,13 @@
 // static-mode WireGuard device managed by `wg` over UAPI, a drop-in for `wireguard-go IFNAME`: it
 // detaches once the interface and the UAPI socket are ready, unless -f or WG_PROCESS_FOREGROUND=1.
 import { spawn } from 'node:child_process';
-import { availableParallelism } from 'node:os';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { createLogger, parseLogLevel } from './log.ts';
 import { Device, describeStartError } from '../control/device.ts';
-import { MAX_WORKERS } from '../ring/fabric.ts';
 import { runNetcheck } from './netcheck.ts';
-import { CONNECT_USAGE, ConnectUsageError, runConnect } from './connect.ts';
+import { CONNECT_USAGE, runConnect } from './connect.ts';
+import { parseWorkers, runUntilStopped, UsageError } from './daemon.ts';
 
 const USAGE = `usage:
   ztgate wg [-f|--foreground] [--workers N] [--log-level LEVEL] IFNAME
@@ -24,8 +23,6 @@ ${CONNECT_USAGE}
 const FOREGROUND_ENV = 'WG_PROCESS_FOREGROUND';
 /** File descriptor on which a detached child tells its parent it is ready. */
 const READY_FD = 3;
-
-class UsageError extends Error {}
 
 async function main(argv: readonly string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -67,26 +64,9 @@ async function runWg(args: readonly string[]): Promise<number> {
     return 1;
   }
   signalReady();
-  let signals = 0;
-  const onSignal = (signal: NodeJS.Signals): void => {
-    signals++;
-    if (signals > 1) process.exit(1);
-    void device.stop(`received ${signal}`);
-  };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
-  await device.stopped;
+  await runUntilStopped(device);
   logger.info('shut down');
   return 0;
-}
-
-function parseWorkers(text: string | undefined): number {
-  if (text === undefined) return Math.max(1, availableParallelism() - 1);
-  const workers = Number(text);
-  if (!Number.isInteger(workers) || workers < 1 || workers > MAX_WORKERS) {
-    throw new UsageError(`--workers must be an integer from 1 to ${MAX_WORKERS}, got '${text}'`);
-  }
-  return workers;
 }
 
 /**
@@ -137,7 +117,7 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (error: unknown) => {
-    if (error instanceof UsageError || error instanceof ConnectUsageError || (error instanceof TypeError && 'code' in error && String(error.code).startsWith('ERR_PARSE_ARGS'))) {
+    if (error instanceof UsageError || (error instanceof TypeError && 'code' in error && String(error.code).startsWith('ERR_PARSE_ARGS'))) {
       process.stderr.write(`ztgate: ${error.message}\n${USAGE}\n`);
       process.exitCode = 2;
       return;

@@ -10,7 +10,6 @@
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
-import { availableParallelism } from 'node:os';
 import { Device, describeStartError } from '../control/device.ts';
 import type { ConnectionEvent } from '../control/connections.ts';
 import type { IceRole } from '../ice/agent.ts';
@@ -18,14 +17,13 @@ import { parseCidr } from '../wireguard/allowedips.ts';
 import { parseKeyBase64 } from '../wireguard/keys.ts';
 import { createLogger, parseLogLevel } from './log.ts';
 import { NetcheckUsageError, resolveStunAndTurn } from './netcheck.ts';
+import { parseWorkers, runUntilStopped, UsageError } from './daemon.ts';
 
 export const CONNECT_USAGE = `  ztgate connect IFNAME --private-key FILE --peer PUBLIC_KEY --allowed-ips CIDR[,CIDR…]
       --role controlling|controlled [--listen-port PORT] [--stun HOST[:PORT] …]
       [--turn HOST[:PORT] (--turn-username U --turn-password P | --turn-secret S)]
       [--workers N] [--log-level LEVEL]
       one peer through ICE; signalling as JSON lines on stdin/stdout`;
-
-export class ConnectUsageError extends Error {}
 
 function emit(message: Record<string, unknown>): void {
   process.stdout.write(`${JSON.stringify(message)}\n`);
@@ -79,23 +77,22 @@ export async function runConnect(args: readonly string[]): Promise<number> {
       strict: true,
     });
   } catch (error) {
-    throw new ConnectUsageError((error as Error).message);
+    throw new UsageError((error as Error).message);
   }
   const { values, positionals } = parsed;
-  if (positionals.length !== 1) throw new ConnectUsageError('connect takes exactly one interface name');
+  if (positionals.length !== 1) throw new UsageError('connect takes exactly one interface name');
   const interfaceName = positionals[0]!;
   const keyFile = values['private-key'];
   const peerKey = values.peer;
   const allowed = values['allowed-ips'];
   const role = values.role;
   if (keyFile === undefined || peerKey === undefined || allowed === undefined) {
-    throw new ConnectUsageError('connect needs --private-key, --peer and --allowed-ips');
+    throw new UsageError('connect needs --private-key, --peer and --allowed-ips');
   }
-  if (role !== 'controlling' && role !== 'controlled') throw new ConnectUsageError('--role must be controlling or controlled');
+  if (role !== 'controlling' && role !== 'controlled') throw new UsageError('--role must be controlling or controlled');
   const listenPort = values['listen-port'] === undefined ? 0 : Number(values['listen-port']);
-  if (!Number.isInteger(listenPort) || listenPort < 0 || listenPort > 65_535) throw new ConnectUsageError(`bad --listen-port '${values['listen-port']}'`);
-  const workers = values.workers === undefined ? Math.max(1, availableParallelism() - 1) : Number(values.workers);
-  if (!Number.isInteger(workers) || workers < 1 || workers > 64) throw new ConnectUsageError(`bad --workers '${values.workers}'`);
+  if (!Number.isInteger(listenPort) || listenPort < 0 || listenPort > 65_535) throw new UsageError(`bad --listen-port '${values['listen-port']}'`);
+  const workers = parseWorkers(values.workers);
   const privateKey = parseKeyBase64(readFileSync(keyFile, 'utf8').trim(), 'private key');
   const publicKey = parseKeyBase64(peerKey, 'peer public key');
   const allowedIps = allowed.split(',').map((text) => parseCidr(text.trim()));
@@ -103,7 +100,7 @@ export async function runConnect(args: readonly string[]): Promise<number> {
   try {
     servers = await resolveStunAndTurn(values);
   } catch (error) {
-    if (error instanceof NetcheckUsageError) throw new ConnectUsageError(error.message);
+    if (error instanceof NetcheckUsageError) throw new UsageError(error.message);
     throw error;
   }
   const level = parseLogLevel(values['log-level'] ?? process.env['ZTGATE_LOG_LEVEL']);
@@ -150,15 +147,7 @@ export async function runConnect(args: readonly string[]): Promise<number> {
       logger.warn({ line, err: error }, 'signalling: bad message ignored');
     }
   });
-  let signals = 0;
-  const onSignal = (signal: NodeJS.Signals): void => {
-    signals++;
-    if (signals > 1) process.exit(1);
-    void device.stop(`received ${signal}`);
-  };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
-  await device.stopped;
+  await runUntilStopped(device);
   input.close();
   return 0;
 }

@@ -6,6 +6,7 @@
 import { createSocket } from 'node:dgram';
 import { readFileSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
+import { seededRandom } from '../support/random.ts';
 
 const [host, portText, countText, seedText, replayFile] = process.argv.slice(2);
 if (host === undefined || portText === undefined || countText === undefined || seedText === undefined) {
@@ -14,15 +15,8 @@ if (host === undefined || portText === undefined || countText === undefined || s
 }
 const port = Number(portText);
 const count = Number(countText);
-let seed = Number(seedText) >>> 0;
-/** mulberry32: a seeded PRNG so a failing run can be replayed. */
-function random(): number {
-  seed = (seed + 0x6d2b79f5) >>> 0;
-  let t = seed;
-  t = Math.imul(t ^ (t >>> 15), t | 1);
-  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-}
+/** Seeded, so a failing run can be replayed. */
+const random = seededRandom(Number(seedText));
 const int = (n: number): number => Math.floor(random() * n);
 function randomBytes(length: number): Buffer {
   const b = Buffer.allocUnsafe(length);

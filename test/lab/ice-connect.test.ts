@@ -8,7 +8,9 @@ import assert from 'node:assert/strict';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startCoturn, type Coturn } from './coturn.ts';
-import { generateKeyPair, iperf3, Lab, makeNat, ping, requireRoot, waitFor, wgShowDump } from './lab.ts';
+import {
+  dropsByReason, generateKeyPair, iperf3, kernelUdpDrops, Lab, latestDropCounts, makeNat, ping, requireRoot, waitFor, wgShowDump,
+} from './lab.ts';
 import type { LabProcess, Netns } from './lab.ts';
 
 await requireRoot();
@@ -200,29 +202,6 @@ test('direct UDP between the NATs dropped: the relayed path through coturn carri
 const FLOOD_COUNT = 100_000;
 const NODE = join(resolve(import.meta.dirname, '..', '..'), 'node_modules', '.bin', 'node');
 
-/** The latest drop counters each thread logged ("dropped packets" JSONL records), summed. */
-function loggedDrops(output: string): Record<string, number> {
-  const byThread: Record<string, Record<string, number>> = {};
-  for (const line of output.split('\n')) {
-    if (!line.includes('"dropped packets"')) continue;
-    try {
-      const record = JSON.parse(line) as { thread: string; drops: Record<string, number> };
-      byThread[record.thread] = record.drops;
-    } catch {
-      // A line cut at the start of the kept output: a later report repeats the counters.
-    }
-  }
-  const total: Record<string, number> = {};
-  for (const counts of Object.values(byThread)) for (const [reason, n] of Object.entries(counts)) total[reason] = (total[reason] ?? 0) + n;
-  return total;
-}
-
-async function kernelUdpDrops(ns: Netns): Promise<number> {
-  const snmp = (await ns.exec('cat', ['/proc/net/snmp'])).stdout.split('\n').filter((l) => l.startsWith('Udp:'));
-  const names = snmp[0]?.split(/\s+/) ?? [];
-  return Number(snmp[1]?.split(/\s+/)[names.indexOf('RcvbufErrors')] ?? 0);
-}
-
 test(`${FLOOD_COUNT} malformed and forged STUN/TURN datagrams are dropped and counted while the connection stays up`, { timeout: 150_000 }, async () => {
   await publicSide.exec('iptables', ['-F', 'FORWARD']);
   const pair = await connectPair('flood');
@@ -230,7 +209,7 @@ test(`${FLOOD_COUNT} malformed and forged STUN/TURN datagrams are dropped and co
     const host = pair.client.messages.find((m) => m.type === 'candidate' && String(m.candidate).includes(' typ host'));
     const port = Number(String(host?.candidate).split(' ')[5]);
     assert.ok(port > 0, 'the client signalled a host candidate');
-    const sumDrops = (): number => Object.values(loggedDrops(pair.client.process.output())).reduce((a, n) => a + n, 0);
+    const sumDrops = (): number => Object.values(dropsByReason(latestDropCounts(pair.client.process.output()))).reduce((a, n) => a + n, 0);
     const before = sumDrops() + await kernelUdpDrops(client);
     // From inside the client's NAT, straight at the client's socket: every datagram reaches it.
     const flood = clientNat.exec(NODE, [join(import.meta.dirname, 'flood-sender.ts'), '198.18.81.2', String(port), String(FLOOD_COUNT), '4242'],
@@ -248,7 +227,7 @@ test(`${FLOOD_COUNT} malformed and forged STUN/TURN datagrams are dropped and co
       await sleep(500);
       accounted = sumDrops() + await kernelUdpDrops(client) - before;
     }
-    const drops = loggedDrops(pair.client.process.output());
+    const drops = dropsByReason(latestDropCounts(pair.client.process.output()));
     assert.ok(accounted >= FLOOD_COUNT, `only ${accounted} of ${FLOOD_COUNT} accounted for: ${JSON.stringify(drops)}`);
     // Forged checks were refused, never answered with a signed success.
     assert.ok((drops['ice.refusedUnauthenticated'] ?? 0) + (drops['ice.refusedBadRequest'] ?? 0) > 0, JSON.stringify(drops));

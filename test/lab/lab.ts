@@ -967,3 +967,39 @@ export function labTest(title: string, timeoutMs: number, body: (lab: Lab, pairi
     test(`${title} [${pairing.name}]`, { timeout: timeoutMs }, () => withLab((lab) => body(lab, pairing)));
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Counting drops
+
+/** The latest drop counters each ztgate thread logged ("dropped packets" JSONL records), per thread. */
+export function latestDropCounts(output: string): Record<string, Record<string, number>> {
+  const byThread: Record<string, Record<string, number>> = {};
+  for (const line of output.split('\n')) {
+    if (!line.includes('"dropped packets"')) continue;
+    try {
+      const record = JSON.parse(line) as { thread: string; drops: Record<string, number> };
+      byThread[record.thread] = record.drops;
+    } catch {
+      // A line cut at the start of the kept output: a later report repeats the counters.
+    }
+  }
+  return byThread;
+}
+
+/** Drop counters summed over threads, by reason. */
+export function dropsByReason(byThread: Record<string, Record<string, number>>): Record<string, number> {
+  const total: Record<string, number> = {};
+  for (const counts of Object.values(byThread)) {
+    for (const [reason, n] of Object.entries(counts)) total[reason] = (total[reason] ?? 0) + n;
+  }
+  return total;
+}
+
+/** Datagrams the kernel dropped for a full socket buffer in `ns` (UDP over IPv4 and IPv6). */
+export async function kernelUdpDrops(ns: Netns): Promise<number> {
+  const snmp = (await ns.exec('cat', ['/proc/net/snmp'])).stdout.split('\n').filter((l) => l.startsWith('Udp:'));
+  const names = snmp[0]?.split(/\s+/) ?? [];
+  const v4 = Number(snmp[1]?.split(/\s+/)[names.indexOf('RcvbufErrors')] ?? 0);
+  const v6 = Number(/Udp6RcvbufErrors\s+(\d+)/.exec((await ns.exec('cat', ['/proc/net/snmp6'])).stdout)?.[1] ?? 0);
+  return v4 + v6;
+}

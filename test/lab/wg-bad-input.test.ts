@@ -5,8 +5,10 @@ import assert from 'node:assert/strict';
 import { createConnection } from 'node:net';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { buildPair, hostOf, labTest, ping, requireRoot, uapiSocketPath, wg } from './lab.ts';
-import type { ImplPairing, Netns, Side } from './lab.ts';
+import {
+  buildPair, dropsByReason, hostOf, kernelUdpDrops, labTest, latestDropCounts, ping, requireRoot, uapiSocketPath, wg,
+} from './lab.ts';
+import type { ImplPairing, Side } from './lab.ts';
 
 await requireRoot();
 
@@ -14,34 +16,7 @@ const FLOOD_COUNT = 100_000;
 const REPO_ROOT = join(import.meta.dirname, '..', '..');
 const NODE = join(REPO_ROOT, 'node_modules', '.bin', 'node');
 const aIsZtgate = (pairing: ImplPairing): boolean => pairing.a.name.startsWith('ztgate');
-
-/** The latest drop counters each ztgate thread logged ("dropped packets" JSONL records), summed. */
-function loggedDrops(output: string): { total: number; byThread: Record<string, Record<string, number>> } {
-  const byThread: Record<string, Record<string, number>> = {};
-  for (const line of output.split('\n')) {
-    if (!line.includes('"dropped packets"')) continue;
-    try {
-      const record = JSON.parse(line) as { thread: string; drops: Record<string, number> };
-      byThread[record.thread] = record.drops;
-    } catch {
-      // A line cut by the output buffer's start: the next report repeats the counters.
-    }
-  }
-  let total = 0;
-  for (const counts of Object.values(byThread)) for (const n of Object.values(counts)) total += n;
-  return { total, byThread };
-}
-
-/** Datagrams the kernel dropped for a full socket buffer in `ns` (IPv4 and IPv6 UDP). */
-async function kernelUdpDrops(ns: Netns): Promise<number> {
-  const snmp = (await ns.exec('cat', ['/proc/net/snmp'])).stdout.split('\n').filter((l) => l.startsWith('Udp:'));
-  const names = snmp[0]?.split(/\s+/) ?? [];
-  const values = snmp[1]?.split(/\s+/) ?? [];
-  const v4 = Number(values[names.indexOf('RcvbufErrors')] ?? 0);
-  const snmp6 = (await ns.exec('cat', ['/proc/net/snmp6'])).stdout;
-  const v6 = Number(/Udp6RcvbufErrors\s+(\d+)/.exec(snmp6)?.[1] ?? 0);
-  return v4 + v6;
-}
+const totalDrops = (output: string): number => Object.values(dropsByReason(latestDropCounts(output))).reduce((sum, n) => sum + n, 0);
 
 /** Captures a few real transport datagrams sent to `side` (for replaying), length-prefixed. */
 async function captureTransport(side: Side, peer: Side): Promise<string> {
@@ -77,7 +52,7 @@ labTest(`${FLOOD_COUNT} bad datagrams at the listen port are dropped and counted
   150_000, async (lab, impls) => {
     const { a, b } = await buildPair(lab, { implA: impls.a, implB: impls.b });
     const replayFile = await captureTransport(a, b);
-    const dropsBefore = loggedDrops(a.daemon.process.output()).total;
+    const dropsBefore = totalDrops(a.daemon.process.output());
     const kernelBefore = await kernelUdpDrops(a.ns);
 
     const target = hostOf(a.underlay.addresses[0] ?? '');
@@ -96,20 +71,15 @@ labTest(`${FLOOD_COUNT} bad datagrams at the listen port are dropped and counted
     // Every bad datagram is accounted for: counted by ztgate, or by the kernel when the socket buffer
     // overflowed. Threads report every 2 s, so wait for the final figures.
     let accounted = 0;
-    let drops = loggedDrops('');
-    for (let attempt = 0; attempt < 20; attempt++) {
+    for (let attempt = 0; attempt < 20 && accounted < FLOOD_COUNT; attempt++) {
       await new Promise((resolve) => setTimeout(resolve, 500));
-      drops = loggedDrops(a.daemon.process.output());
-      accounted = drops.total - dropsBefore + (await kernelUdpDrops(a.ns)) - kernelBefore;
-      if (accounted >= FLOOD_COUNT) break;
+      accounted = totalDrops(a.daemon.process.output()) - dropsBefore + (await kernelUdpDrops(a.ns)) - kernelBefore;
     }
-    assert.ok(accounted >= FLOOD_COUNT, `only ${accounted} of ${FLOOD_COUNT} bad datagrams accounted for: ${JSON.stringify(drops.byThread)}`);
-    const byReason: Record<string, number> = {};
-    for (const counts of Object.values(drops.byThread)) {
-      for (const [reason, n] of Object.entries(counts)) byReason[reason] = (byReason[reason] ?? 0) + n;
-    }
+    const byThread = latestDropCounts(a.daemon.process.output());
+    assert.ok(accounted >= FLOOD_COUNT, `only ${accounted} of ${FLOOD_COUNT} bad datagrams accounted for: ${JSON.stringify(byThread)}`);
+    const byReason = dropsByReason(byThread);
     for (const reason of ['notWireGuard', 'badMac1', 'unknownIndex', 'replayed']) {
-      assert.ok((byReason[reason] ?? 0) > 0, `no '${reason}' drops counted: ${JSON.stringify(drops.byThread)}`);
+      assert.ok((byReason[reason] ?? 0) > 0, `no '${reason}' drops counted: ${JSON.stringify(byThread)}`);
     }
   }, { when: aIsZtgate });
 

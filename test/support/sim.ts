@@ -11,22 +11,14 @@ import { messageType } from '../../src/wireguard/messages.ts';
 import { endpointsEqual, type Endpoint } from '../../src/wireguard/endpoint.ts';
 import { PEER_RECORD_F64S, PEER_RX_ANY_PACKETS_F64, PEER_RX_DATA_PACKETS_F64, PEER_TX_ANY_PACKETS_F64, PEER_TX_DATA_PACKETS_F64, SLOT_PLAINTEXT_OFFSET } from '../../src/ring/layout.ts';
 import { parseCidr } from '../../src/wireguard/allowedips.ts';
+import { seededRandom } from './random.ts';
+
+export { seededRandom };
 
 const PAYLOAD_SIZE = 65_536 + 128;
 /** The control thread's counter observation tick in the real device. */
 export const OBSERVE_INTERVAL_MS = 100;
 
-/** A deterministic PRNG (mulberry32) so simulations replay exactly. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 export function v4Endpoint(last: number, port: number): Endpoint {
   return { family: 4, address: new Uint8Array([192, 0, 2, last]), port, localAddress: null, localIfindex: 0 };

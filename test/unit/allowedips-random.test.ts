@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { AllowedIps } from '../../src/wireguard/allowedips.ts';
+import { seededRandom as seeded } from '../support/random.ts';
 
 interface NaiveEntry {
   readonly bytes: Uint8Array; // masked
@@ -62,17 +63,6 @@ class NaiveAllowedIps {
   }
 }
 
-/** Deterministic PRNG (mulberry32) so a failure reproduces from its seed. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 function lookup(table: AllowedIps, address: Uint8Array): number {
   // Put the address at an odd offset inside a larger packet, as a real IP header would.
