@@ -33,6 +33,8 @@ const SO_MARK = 36;
 const TICK_MS = 100;
 /** How often the link watcher is drained (MTU changes, deletion). */
 const LINK_POLL_MS = 250;
+/** Control-plane datagrams handled per event-loop turn. */
+const HANDSHAKE_BATCH = 256;
 /** A handshake backlog this deep puts the device under load (cookie replies; whitepaper §5.3). */
 const UNDER_LOAD_BACKLOG = 32;
 /** How long packet threads get to finish before the process exits regardless. */
@@ -94,7 +96,6 @@ export class Device {
   private stopping: Promise<void> | null = null;
   private lastDropReportAt = 0;
   private lastDropTotal = 0;
-  readonly drops = new Map<string, Readonly<Record<string, number>>>();
   /** ICE mode only: the connections' agents, relays and gathering. */
   private ice: IceConnections | null = null;
   private iceTimer: NodeJS.Timeout | null = null;
@@ -484,7 +485,6 @@ export class Device {
         this.engine.sessionConfirmed(notice.peer);
         break;
       case 'drops':
-        this.drops.set(notice.thread, notice.counts);
         this.log.info({ thread: notice.thread, drops: notice.counts }, 'dropped packets');
         return;
       case 'ready':
@@ -507,7 +507,10 @@ export class Device {
       const now = monotonicNow();
       if (backlog >= UNDER_LOAD_BACKLOG) this.underLoadUntil = now + UNDER_LOAD_AFTER_TIME_MS;
       const underLoad = now < this.underLoadUntil;
-      for (let slot = link.ring.pop(); slot >= 0; slot = link.ring.pop()) {
+      // At most a ring's worth per turn, then let timers, UAPI and notices run: a flood of
+      // handshake or STUN datagrams must not starve the rest of the control thread.
+      let budget = HANDSHAKE_BATCH;
+      for (let slot = link.ring.pop(); slot >= 0; slot = budget-- > 0 ? link.ring.pop() : -1) {
         const slab = link.slab;
         const family = slab.remoteFamily(slot) === 4 ? 4 : 6;
         const size = family === 4 ? 4 : 16;
@@ -534,7 +537,8 @@ export class Device {
         returnSlot(link, slot);
         this.pump();
       }
-      await waitForWorkAsync(this.control.doorbell, 1_000, this.control.hasWork);
+      if (budget < 0) await new Promise((resolve) => setImmediate(resolve));
+      else await waitForWorkAsync(this.control.doorbell, 1_000, this.control.hasWork);
     }
   }
 
@@ -566,7 +570,6 @@ export class Device {
     if (total === this.lastDropTotal) return;
     this.lastDropReportAt = now;
     this.lastDropTotal = total;
-    this.drops.set('control', counts);
     this.log.info({ thread: 'control', drops: counts }, 'dropped packets');
   }
 
