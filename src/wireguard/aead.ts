@@ -4,9 +4,92 @@
 // switch: ZTGATE_AEAD=noble). Both take (buffer, offset, length) so callers can seal and open in
 // place inside shared packet slots.
 
+import { createRequire } from 'node:module';
 import { chacha20poly1305 } from '@noble/ciphers/chacha.js';
 import { AEAD_TAG_SIZE, KEY_SIZE } from './constants.ts';
-import { sodium } from './crypto.ts';
+
+/**
+ * Detached ChaCha20-Poly1305 (the tag gets a view of its own, so sealing in place needs one view of
+ * the content), as sodium-native's native binding takes it: ad is `undefined` when absent, and
+ * decryption returns libsodium's status (0 authenticated, -1 not) instead of throwing. The binding
+ * checks view sizes with C asserts, so every call here passes exactly sized views.
+ */
+interface DetachedAead {
+  crypto_aead_chacha20poly1305_ietf_encrypt_detached(
+    c: Uint8Array, mac: Uint8Array, m: Uint8Array, ad: Uint8Array | undefined, npub: Uint8Array, k: Uint8Array,
+  ): number;
+  crypto_aead_chacha20poly1305_ietf_decrypt_detached(
+    m: Uint8Array, c: Uint8Array, mac: Uint8Array, ad: Uint8Array | undefined, npub: Uint8Array, k: Uint8Array,
+  ): number;
+}
+
+/** sodium-native's public wrappers of the same two functions (they assert in JS and throw on a bad tag). */
+interface SodiumPublicAead {
+  crypto_aead_chacha20poly1305_ietf_encrypt(
+    c: Uint8Array, m: Uint8Array, ad: Uint8Array | null, nsec: null, npub: Uint8Array, k: Uint8Array,
+  ): number;
+  crypto_aead_chacha20poly1305_ietf_encrypt_detached(
+    c: Uint8Array, mac: Uint8Array, m: Uint8Array, ad: Uint8Array | null, nsec: null, npub: Uint8Array, k: Uint8Array,
+  ): number;
+  crypto_aead_chacha20poly1305_ietf_decrypt_detached(
+    m: Uint8Array, nsec: null, c: Uint8Array, mac: Uint8Array, ad: Uint8Array | null, npub: Uint8Array, k: Uint8Array,
+  ): void;
+}
+
+const NONCE_SIZE = 12;
+const TWO_POW_32 = 2 ** 32;
+
+const requireCjs = createRequire(import.meta.url);
+const sodiumPublic = requireCjs('sodium-native') as SodiumPublicAead;
+
+/** The public wrappers shaped as the binding: correct, but each call allocates (and a bad tag throws). */
+const wrappedAead: DetachedAead = {
+  crypto_aead_chacha20poly1305_ietf_encrypt_detached(c, mac, m, ad, npub, k) {
+    return sodiumPublic.crypto_aead_chacha20poly1305_ietf_encrypt_detached(c, mac, m, ad ?? null, null, npub, k);
+  },
+  crypto_aead_chacha20poly1305_ietf_decrypt_detached(m, c, mac, ad, npub, k) {
+    try {
+      sodiumPublic.crypto_aead_chacha20poly1305_ietf_decrypt_detached(m, null, c, mac, ad ?? null, npub, k);
+      return 0;
+    } catch {
+      return -1;
+    }
+  },
+};
+
+/**
+ * sodium-native's native binding, called directly: its JS wrappers allocate 32 heap bytes per call
+ * and build an Error (with a stack trace) for every forged packet. The binding is not a documented
+ * interface, so it is used only if it loads and agrees with the public wrapper on a known sealing
+ * and on rejecting a forged tag; otherwise the wrappers serve (ZTGATE_AEAD=noble stays the off switch).
+ */
+function loadDetachedAead(): DetachedAead {
+  let binding: DetachedAead;
+  try {
+    binding = requireCjs('sodium-native/binding.js') as DetachedAead;
+    const key = Uint8Array.from({ length: KEY_SIZE }, (_, i) => i);
+    const nonce = Uint8Array.from({ length: NONCE_SIZE }, (_, i) => 0x40 + i);
+    const message = Uint8Array.from({ length: 64 }, (_, i) => i * 3);
+    const expected = new Uint8Array(message.length + AEAD_TAG_SIZE);
+    sodiumPublic.crypto_aead_chacha20poly1305_ietf_encrypt(expected, message, null, null, nonce, key);
+    const sealed = new Uint8Array(expected.length);
+    const content = sealed.subarray(0, message.length);
+    const tag = sealed.subarray(message.length);
+    content.set(message);
+    binding.crypto_aead_chacha20poly1305_ietf_encrypt_detached(content, tag, content, undefined, nonce, key);
+    if (Buffer.compare(sealed, expected) !== 0) return wrappedAead;
+    const opened = new Uint8Array(message.length);
+    if (binding.crypto_aead_chacha20poly1305_ietf_decrypt_detached(opened, content, tag, undefined, nonce, key) !== 0) return wrappedAead;
+    if (Buffer.compare(opened, message) !== 0) return wrappedAead;
+    tag[0]! ^= 1;
+    if (binding.crypto_aead_chacha20poly1305_ietf_decrypt_detached(opened, content, tag, undefined, nonce, key) === 0) return wrappedAead;
+  } catch {
+    return wrappedAead;
+  }
+  return binding;
+}
+
+const sodium = loadDetachedAead();
 
 export interface AeadBackend {
   readonly name: 'sodium' | 'noble';
@@ -28,9 +111,6 @@ export interface AeadBackend {
     ad: Uint8Array | null, out: Uint8Array, outOff: number,
   ): number;
 }
-
-const NONCE_SIZE = 12;
-const TWO_POW_32 = 2 ** 32;
 
 /** Writes WireGuard's nonce for `counter` (0 ≤ counter < 2^53) into the 12-byte scratch. */
 function writeNonce(nonce: Uint8Array, counter: number): void {
@@ -59,6 +139,54 @@ function checkKey(key: Uint8Array): void {
   if (key.length !== KEY_SIZE) throw new RangeError('aead: key must be 32 bytes');
 }
 
+/** Entries of a buffer's view cache (a power of two). */
+const VIEW_CACHE_ENTRIES = 32;
+
+/**
+ * Views of one buffer that sodium-native needs (it takes whole typed arrays, no offsets), kept so
+ * the per-packet path does not create a `subarray` per call. Direct-mapped: a slot's content and tag
+ * views of the few packet sizes a flow uses stay cached; a colliding (offset, length) replaces the
+ * entry, so memory is bounded at VIEW_CACHE_ENTRIES views per buffer whatever sizes arrive.
+ */
+class ViewCache {
+  readonly #buffer: Uint8Array;
+  readonly #offsets = new Int32Array(VIEW_CACHE_ENTRIES).fill(-1);
+  readonly #lengths = new Int32Array(VIEW_CACHE_ENTRIES);
+  readonly #views: Uint8Array[] = [];
+
+  constructor(buffer: Uint8Array) {
+    this.#buffer = buffer;
+    for (let i = 0; i < VIEW_CACHE_ENTRIES; i++) this.#views.push(buffer);
+  }
+
+  /** buffer[off, off + len), the same view object as long as its entry is not displaced. */
+  view(off: number, len: number): Uint8Array {
+    // Packet lengths are padded to 16 (whitepaper §5.4.6): index by 16-byte units of both ends.
+    const entry = ((off >>> 4) * 7 + ((off + len) >>> 4)) & (VIEW_CACHE_ENTRIES - 1);
+    if (this.#offsets[entry] === off && this.#lengths[entry] === len) return this.#views[entry]!;
+    const view = this.#buffer.subarray(off, off + len);
+    this.#offsets[entry] = off;
+    this.#lengths[entry] = len;
+    this.#views[entry] = view;
+    return view;
+  }
+}
+
+/**
+ * One view cache per buffer seen. Packet slots are long-lived views (Slab.payloadView returns the
+ * same object every call), so their caches are reused; a buffer that is dropped takes its cache with it.
+ */
+const viewCaches = new WeakMap<Uint8Array, ViewCache>();
+
+function viewsOf(buffer: Uint8Array): ViewCache {
+  let cache = viewCaches.get(buffer);
+  if (cache === undefined) {
+    cache = new ViewCache(buffer);
+    viewCaches.set(buffer, cache);
+  }
+  return cache;
+}
+
 // Each backend keeps one nonce scratch: a call finishes synchronously before the next can start, and
 // every worker thread has its own module instance, so the scratch is never shared.
 const sodiumNonce = new Uint8Array(NONCE_SIZE);
@@ -70,28 +198,28 @@ export const sodiumAead: AeadBackend = {
     checkRange(plaintext, ptOff, ptLen, 'plaintext');
     checkRange(out, outOff, ptLen + AEAD_TAG_SIZE, 'output');
     writeNonce(sodiumNonce, counter);
-    return sodium.crypto_aead_chacha20poly1305_ietf_encrypt(
-      out.subarray(outOff, outOff + ptLen + AEAD_TAG_SIZE),
-      plaintext.subarray(ptOff, ptOff + ptLen),
-      ad, null, sodiumNonce, key,
+    const outViews = viewsOf(out);
+    const ciphertext = outViews.view(outOff, ptLen);
+    const message = plaintext === out && ptOff === outOff ? ciphertext : viewsOf(plaintext).view(ptOff, ptLen);
+    sodium.crypto_aead_chacha20poly1305_ietf_encrypt_detached(
+      ciphertext, outViews.view(outOff + ptLen, AEAD_TAG_SIZE), message, ad ?? undefined, sodiumNonce, key,
     );
+    return ptLen + AEAD_TAG_SIZE;
   },
   open(key, counter, ciphertext, ctOff, ctLen, ad, out, outOff) {
     checkKey(key);
     if (ctLen < AEAD_TAG_SIZE) return -1;
     checkRange(ciphertext, ctOff, ctLen, 'ciphertext');
-    checkRange(out, outOff, ctLen - AEAD_TAG_SIZE, 'output');
+    const contentLen = ctLen - AEAD_TAG_SIZE;
+    checkRange(out, outOff, contentLen, 'output');
     writeNonce(sodiumNonce, counter);
-    try {
-      return sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
-        out.subarray(outOff, outOff + ctLen - AEAD_TAG_SIZE), null,
-        ciphertext.subarray(ctOff, ctOff + ctLen),
-        ad, sodiumNonce, key,
-      );
-    } catch {
-      // sodium-native reports a failed tag check by throwing; here that is an ordinary drop.
-      return -1;
-    }
+    const inViews = viewsOf(ciphertext);
+    const content = inViews.view(ctOff, contentLen);
+    const message = ciphertext === out && ctOff === outOff ? content : viewsOf(out).view(outOff, contentLen);
+    const status = sodium.crypto_aead_chacha20poly1305_ietf_decrypt_detached(
+      message, content, inViews.view(ctOff + contentLen, AEAD_TAG_SIZE), ad ?? undefined, sodiumNonce, key,
+    );
+    return status === 0 ? contentLen : -1;
   },
 };
 
