@@ -102,7 +102,7 @@ export class IceConnections {
       this.transmits.push({ to: server, bytes: request });
     }
     for (const relay of this.relays) relay.client.allocate(now);
-    this.pumpRelays();
+    this.pumpRelays(now);
   }
 
   /** Begins connecting `peer`; remote credentials may come now or later (signalling). */
@@ -156,7 +156,7 @@ export class IceConnections {
     for (const relay of this.relays) {
       if (relay.client.state === 'allocated') relay.client.close(now);
     }
-    this.pumpRelays();
+    this.pumpRelays(now);
   }
 
   /**
@@ -286,7 +286,7 @@ export class IceConnections {
   }
 
   /** Moves the TURN clients' output to the socket, and their events to the agents and the caller. */
-  private pumpRelays(now = 0): void {
+  private pumpRelays(now: number): void {
     for (const relay of this.relays) {
       const client = relay.client;
       for (let t = client.pollTransmit(); t !== null; t = client.pollTransmit()) this.transmits.push(t);
