@@ -338,20 +338,8 @@ export class WireGuardEngine {
   }
 
   private handleInitiation(buf: Uint8Array, len: number, from: Endpoint, now: number, underLoad: boolean): void {
-    const identity = this.identity;
-    const checker = this.checker;
-    if (identity === null || checker === null) {
-      this.drops.noPrivateKey++;
-      return;
-    }
-    if (!checker.checkMac1(buf, len)) {
-      this.drops.badMac1++;
-      return;
-    }
-    if (underLoad && !checker.checkMac2(buf, len, endpointCookieSource(from), now)) {
-      this.sendCookieReply(checker, buf, len, readU32LE(buf, 4), from, now);
-      return;
-    }
+    const identity = this.admit(buf, len, from, now, underLoad);
+    if (identity === null) return;
     const consumed = consumeInitiation(identity, buf, (key) => this.peersByKey.get(keyToHex(key))?.crypto ?? undefined);
     if (consumed === null) {
       this.drops.badInitiation++;
@@ -401,20 +389,8 @@ export class WireGuardEngine {
   }
 
   private handleResponse(buf: Uint8Array, len: number, from: Endpoint, now: number, underLoad: boolean): void {
-    const identity = this.identity;
-    const checker = this.checker;
-    if (identity === null || checker === null) {
-      this.drops.noPrivateKey++;
-      return;
-    }
-    if (!checker.checkMac1(buf, len)) {
-      this.drops.badMac1++;
-      return;
-    }
-    if (underLoad && !checker.checkMac2(buf, len, endpointCookieSource(from), now)) {
-      this.sendCookieReply(checker, buf, len, readU32LE(buf, 4), from, now);
-      return;
-    }
+    const identity = this.admit(buf, len, from, now, underLoad);
+    if (identity === null) return;
     const peer = this.pendingPeerFor(readU32LE(buf, 8));
     if (peer === undefined || peer.pending === null || peer.crypto === null) {
       this.drops.unknownIndex++;
@@ -447,6 +423,29 @@ export class WireGuardEngine {
       },
     });
     this.events.push({ kind: 'handshakeComplete', peer: peer.id, wallMs: this.options.wallClock() });
+  }
+
+  /**
+   * What initiations and responses must pass before any Curve25519 work (whitepaper §5.3): a
+   * private key, a valid mac1 and, under load, a valid mac2 (else a cookie reply goes back).
+   * Returns our identity, or null when the message was dropped (and counted) or answered.
+   */
+  private admit(buf: Uint8Array, len: number, from: Endpoint, now: number, underLoad: boolean): LocalIdentity | null {
+    const identity = this.identity;
+    const checker = this.checker;
+    if (identity === null || checker === null) {
+      this.drops.noPrivateKey++;
+      return null;
+    }
+    if (!checker.checkMac1(buf, len)) {
+      this.drops.badMac1++;
+      return null;
+    }
+    if (underLoad && !checker.checkMac2(buf, len, endpointCookieSource(from), now)) {
+      this.sendCookieReply(checker, buf, len, readU32LE(buf, 4), from, now);
+      return null;
+    }
+    return identity;
   }
 
   private handleCookieReply(buf: Uint8Array, len: number, now: number): void {

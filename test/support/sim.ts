@@ -94,6 +94,8 @@ export class SimNode {
   readonly events: EngineEvent[] = [];
   handshakesCompleted = 0;
   address: Endpoint;
+  /** The shell's verdict that handshakes are queueing up (cookie mode, whitepaper §5.3). */
+  underLoad = false;
   private readonly net: SimNetwork;
   private readonly stagedPackets = new Map<number, { peer: number; packet: Uint8Array }>();
   private nextHandle = 1;
@@ -148,7 +150,7 @@ export class SimNode {
       const n = this.datapath.decrypt(payload, bytes.length, source, this.net.now, this.peerOut);
       if (n > 0) this.delivered.push(payload.slice(SLOT_PLAINTEXT_OFFSET, SLOT_PLAINTEXT_OFFSET + n));
     } else {
-      this.engine.handleHandshakeDatagram(bytes, bytes.length, from, this.net.now, false);
+      this.engine.handleHandshakeDatagram(bytes, bytes.length, from, this.net.now, this.underLoad);
     }
     this.pump();
   }

@@ -138,3 +138,18 @@ test('roaming: the responder follows the initiator to a new address', () => {
   net.run(net.now + 100);
   assert.equal(a.delivered.length, 1);
 });
+
+test('under load a responder answers an initiation without mac2 with a cookie; the retry carries it and succeeds', () => {
+  const { net, a, b } = pair(17);
+  b.underLoad = true;
+  a.sendPacket(ipv4Packet('10.0.0.1', '10.0.0.2', 10));
+  net.run(net.now + 1_000);
+  assert.equal(b.engine.drops.cookieSent, 1, 'the first initiation gets a cookie reply');
+  assert.equal(a.handshakesCompleted, 0);
+  assert.equal(a.engine.drops.badCookieReply, 0);
+  // The retransmission (REKEY_TIMEOUT later) carries mac2 from the cookie and is accepted.
+  net.run(net.now + REKEY_TIMEOUT_MS + 1_000);
+  assert.equal(a.handshakesCompleted, 1);
+  assert.equal(b.engine.drops.cookieSent, 1);
+  assert.equal(b.delivered.length, 1);
+});
