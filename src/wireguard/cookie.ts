@@ -93,16 +93,19 @@ export class CookieChecker {
 
 /** The initiator side, one per peer: adds mac1/mac2 to messages for `remoteStatic`, keeps its cookie. */
 export class CookieGenerator {
+  readonly #remoteStatic: PublicKey;
   readonly #mac1Key: Uint8Array;
-  readonly #cookieKey: Uint8Array;
-  readonly #cookie = new Uint8Array(COOKIE_SIZE);
+  // Only the mac1 key is needed for every message. The cookie key, the cookie and the last mac1
+  // are made when first needed: most peers never get a cookie reply, and with ten thousand peers
+  // each small array saved is about 2 MB.
+  #cookieKey: Uint8Array | null = null;
+  #cookie: Uint8Array | null = null;
   #cookieSetAt = Number.NEGATIVE_INFINITY;
-  readonly #lastMac1 = new Uint8Array(MAC_SIZE);
-  #hasLastMac1 = false;
+  #lastMac1: Uint8Array | null = null;
 
   constructor(remoteStatic: PublicKey) {
+    this.#remoteStatic = remoteStatic;
     this.#mac1Key = macKey(MAC1_LABEL_BYTES, remoteStatic);
-    this.#cookieKey = macKey(COOKIE_LABEL_BYTES, remoteStatic);
   }
 
   /**
@@ -115,9 +118,8 @@ export class CookieGenerator {
     const mac2Start = len - MAC2_FROM_END;
     const mac1 = mac(this.#mac1Key, msg.subarray(0, mac1Start));
     msg.set(mac1, mac1Start);
-    this.#lastMac1.set(mac1);
-    this.#hasLastMac1 = true;
-    if (now - this.#cookieSetAt > COOKIE_REFRESH_TIME_MS) {
+    this.#lastMac1 = mac1;
+    if (this.#cookie === null || now - this.#cookieSetAt > COOKIE_REFRESH_TIME_MS) {
       msg.fill(0, mac2Start, len);
       return;
     }
@@ -129,8 +131,9 @@ export class CookieGenerator {
    * message we added macs to. Returns whether it did. Routing by receiver index is the caller's.
    */
   consumeReply(reply: Uint8Array, len: number, now: number): boolean {
-    if (len !== MESSAGE_COOKIE_REPLY_SIZE || reply.length < len || !this.#hasLastMac1) return false;
+    if (len !== MESSAGE_COOKIE_REPLY_SIZE || reply.length < len || this.#lastMac1 === null) return false;
     const cookie = new Uint8Array(COOKIE_SIZE);
+    this.#cookieKey ??= macKey(COOKIE_LABEL_BYTES, this.#remoteStatic);
     const opened = xaeadOpen(
       this.#cookieKey,
       reply.subarray(COOKIE_REPLY_NONCE, COOKIE_REPLY_NONCE + COOKIE_NONCE_SIZE),
@@ -139,7 +142,7 @@ export class CookieGenerator {
       cookie,
     );
     if (!opened) return false;
-    this.#cookie.set(cookie);
+    this.#cookie = cookie;
     this.#cookieSetAt = now;
     return true;
   }

@@ -97,13 +97,13 @@ interface EnginePeer {
   lastInitiationConsumedAt: number;
   /** Local indexes of the (at most three) sessions a worker may still hold, oldest first. */
   readonly sessionIndexes: number[];
-  seen: PeerCounters;
+  /** The counters as last observed; updated in place (see observeCounters). */
+  readonly seen: { txData: number; txAny: number; rxData: number; rxAny: number };
 }
 
 /** Which peer a local index belongs to; whether it is the in-flight handshake is `pending`'s business. */
 type IndexOwner = { readonly peer: number };
 
-const ZERO_COUNTERS: PeerCounters = { txData: 0, txAny: 0, rxData: 0, rxAny: 0 };
 const SESSIONS_KEPT = 3;
 
 export class WireGuardEngine {
@@ -164,7 +164,7 @@ export class WireGuardEngine {
       lastTimestamp: null,
       lastInitiationConsumedAt: Number.NEGATIVE_INFINITY,
       sessionIndexes: [],
-      seen: ZERO_COUNTERS,
+      seen: { txData: 0, txAny: 0, rxData: 0, rxAny: 0 },
     };
     this.peers.set(id, peer);
     this.peersByKey.set(keyToHex(publicKey), peer);
@@ -245,7 +245,6 @@ export class WireGuardEngine {
     const peer = this.peers.get(id);
     if (peer === undefined) return;
     const seen = peer.seen;
-    if (counters === seen) return;
     const timers = peer.timers;
     // Received first, then sent: within one observation interval we cannot know the order, and a
     // send after a receive is what makes a keepalive unnecessary.
@@ -259,7 +258,13 @@ export class WireGuardEngine {
       timers.onAnyAuthenticatedPacketTraversal(now);
     }
     if (counters.txData !== seen.txData) timers.onDataSent(now);
-    peer.seen = counters;
+    // Copied, not kept: the caller builds a fresh object per peer per tick, and keeping it would
+    // promote every one of them to the old generation (with 10,000 peers, megabytes of old-space
+    // garbage a second, which the heap grows to hold).
+    seen.txData = counters.txData;
+    seen.txAny = counters.txAny;
+    seen.rxData = counters.rxData;
+    seen.rxAny = counters.rxAny;
   }
 
   handleTimeout(now: number): void {
