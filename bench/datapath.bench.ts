@@ -103,8 +103,9 @@ export class PacketPath {
     this.peerIds.forEach((id, k) => {
       const sendKey = randomBytes(new Uint8Array(32));
       const receiveKey = randomBytes(new Uint8Array(32));
-      const localIndex = 0x1000 + k;
-      const remoteIndex = 0x8000 + k;
+      // Random u32s in production: half are 2^31 or more, which V8 does not hold as small integers.
+      const localIndex = 0x9e37_7900 + k;
+      const remoteIndex = 0x1234_5600 + k;
       this.sender.addPeer(id);
       this.sender.setEndpoint(id, REMOTE);
       this.sender.installKeypair(id, { localIndex, remoteIndex, sendKey, receiveKey, isInitiator: true, createdAt: CREATED_AT });

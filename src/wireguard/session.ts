@@ -26,6 +26,11 @@ export interface KeypairMaterial {
 export interface Keypair extends KeypairMaterial {
   sendCounter: number;
   readonly replay: ReplayWindow;
+  /**
+   * remoteIndex as a signed 32-bit integer (the same four bytes on the wire). V8 keeps it a small
+   * integer; a u32 of 2^31 or more is a double that gets boxed in a fresh heap number per packet.
+   */
+  readonly remoteIndexInt32: number;
 }
 
 export class PeerSessions {
@@ -39,7 +44,7 @@ export class PeerSessions {
    * Returns the local indexes of keypairs dropped by the rotation.
    */
   install(material: KeypairMaterial): number[] {
-    const keypair: Keypair = { ...material, sendCounter: 0, replay: new ReplayWindow() };
+    const keypair: Keypair = { ...material, sendCounter: 0, replay: new ReplayWindow(), remoteIndexInt32: material.remoteIndex | 0 };
     const dropped: number[] = [];
     const drop = (k: Keypair | null): void => {
       if (k !== null) dropped.push(k.localIndex);

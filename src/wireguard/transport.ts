@@ -28,6 +28,7 @@ export function paddedLength(ptLen: number, mtu = 0): number {
 /**
  * Encrypts the packet at buf[16, 16 + ptLen) in place and writes the header. Pads with zeros as
  * paddedLength(ptLen, mtu) says. Returns the datagram length: 16 + padded length + 16.
+ * `receiverIndex` may be the u32 or its signed 32-bit form (`| 0`): the same bytes are written.
  */
 export function sealTransport(
   aead: AeadBackend, key: Uint8Array, receiverIndex: number, counter: number, buf: Uint8Array, ptLen: number,
@@ -68,4 +69,13 @@ export function transportCounter(buf: Uint8Array): number {
 /** The datagram's receiver index: the key slot the sender means, our local index. */
 export function transportReceiverIndex(buf: Uint8Array): number {
   return readU32LE(buf, TRANSPORT_RECEIVER);
+}
+
+/**
+ * The receiver index as a signed 32-bit integer (`transportReceiverIndex(buf) | 0`), for per-packet
+ * lookups: it is always a small integer to V8, where half of all u32 indexes are boxed doubles.
+ */
+export function transportReceiverIndexInt32(buf: Uint8Array): number {
+  const o = TRANSPORT_RECEIVER;
+  return buf[o]! | (buf[o + 1]! << 8) | (buf[o + 2]! << 16) | (buf[o + 3]! << 24);
 }

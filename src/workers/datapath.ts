@@ -7,7 +7,7 @@ import { AllowedIps } from '../wireguard/allowedips.ts';
 import { AEAD_TAG_SIZE, STAGED_QUEUE_SIZE } from '../wireguard/constants.ts';
 import type { Endpoint } from '../wireguard/endpoint.ts';
 import { PeerSessions, type Keypair, type KeypairMaterial } from '../wireguard/session.ts';
-import { openTransport, paddedLength, sealTransport, transportCounter, transportReceiverIndex } from '../wireguard/transport.ts';
+import { openTransport, paddedLength, sealTransport, transportCounter, transportReceiverIndexInt32 } from '../wireguard/transport.ts';
 import {
   PEER_LAST_RECEIVED_MS_F64,
   PEER_LAST_SENT_MS_F64,
@@ -77,6 +77,7 @@ export class Datapath {
   /** Whether an authenticated packet from a new source moves the peer's endpoint (off in ICE mode). */
   roaming = true;
   private readonly peers = new Map<number, WorkerPeer>();
+  /** By local index in its signed 32-bit form (`| 0`), so per-packet lookups use small-integer keys. */
   private readonly keypairs = new Map<number, { readonly peer: WorkerPeer; readonly keypair: Keypair }>();
   private readonly aead: AeadBackend;
   private readonly stats: Float64Array;
@@ -120,7 +121,7 @@ export class Datapath {
     if (peer === undefined) return;
     this.forgetKeypairs(peer.sessions.install(material));
     const keypair = material.isInitiator ? peer.sessions.current : peer.sessions.next;
-    if (keypair !== null) this.keypairs.set(keypair.localIndex, { peer, keypair });
+    if (keypair !== null) this.keypairs.set(keypair.localIndex | 0, { peer, keypair });
   }
 
   zeroKeys(id: number): void {
@@ -169,7 +170,7 @@ export class Datapath {
       return STAGED;
     }
     if (SLOT_PLAINTEXT_OFFSET + paddedLength(ipLength, this.mtu) + AEAD_TAG_SIZE > payload.length) return this.drop('tooLarge');
-    const length = sealTransport(this.aead, keypair.sendKey, keypair.remoteIndex, keypair.sendCounter, payload, ipLength, this.mtu);
+    const length = sealTransport(this.aead, keypair.sendKey, keypair.remoteIndexInt32, keypair.sendCounter, payload, ipLength, this.mtu);
     keypair.sendCounter++;
     const record = id * PEER_RECORD_F64S;
     const stats = this.stats;
@@ -188,7 +189,7 @@ export class Datapath {
    * (> 0), 0 for a keepalive, or DROPPED. `peerOut[0]` receives the peer id.
    */
   decrypt(payload: Uint8Array, datagramLength: number, source: DatagramSource, now: number, peerOut: Int32Array): number {
-    const entry = this.keypairs.get(transportReceiverIndex(payload));
+    const entry = this.keypairs.get(transportReceiverIndexInt32(payload));
     if (entry === undefined) return this.drop('unknownIndex');
     const { peer, keypair } = entry;
     const counter = transportCounter(payload);
@@ -247,7 +248,7 @@ export class Datapath {
   }
 
   private forgetKeypairs(indexes: readonly number[]): void {
-    for (const index of indexes) this.keypairs.delete(index);
+    for (const index of indexes) this.keypairs.delete(index | 0);
   }
 
   private drop(reason: DropReason): number {

@@ -55,16 +55,19 @@ function pair(): { sender: Datapath; receiver: Datapath } {
   const sender = new Datapath(sodiumAead, new Float64Array(PEERS * PEER_RECORD_F64S), MTU, noEffects());
   const receiver = new Datapath(sodiumAead, new Float64Array(PEERS * PEER_RECORD_F64S), MTU, noEffects());
   for (let id = 0; id < PEERS; id++) {
+    // Indexes are random u32 in production: the upper ones are not small integers to V8.
+    const senderIndex = 0xfedc_ba00 + id;
+    const receiverIndex = 0x8000_0000 + id;
     const sendKey = randomBytes(new Uint8Array(32));
     const receiveKey = randomBytes(new Uint8Array(32));
     sender.addPeer(id);
     sender.setEndpoint(id, REMOTE);
-    sender.installKeypair(id, { localIndex: 100 + id, remoteIndex: 200 + id, sendKey, receiveKey, isInitiator: true, createdAt: CREATED_AT });
+    sender.installKeypair(id, { localIndex: senderIndex, remoteIndex: receiverIndex, sendKey, receiveKey, isInitiator: true, createdAt: CREATED_AT });
     receiver.addPeer(id);
     receiver.setEndpoint(id, REMOTE);
     receiver.routes.insert(Uint8Array.of(10, 0, id, 0), 24, id);
     receiver.installKeypair(id, {
-      localIndex: 200 + id, remoteIndex: 100 + id, sendKey: receiveKey, receiveKey: sendKey, isInitiator: true, createdAt: CREATED_AT,
+      localIndex: receiverIndex, remoteIndex: senderIndex, sendKey: receiveKey, receiveKey: sendKey, isInitiator: true, createdAt: CREATED_AT,
     });
   }
   return { sender, receiver };
