@@ -290,6 +290,13 @@ export class UdpSocket {
   /** Cleared for good once the kernel refuses GSO with EIO (no checksum offload on the route). */
   private gsoEnabled: boolean;
   private closed = false;
+  /**
+   * Per scratch header, the view its iovec points at for receiving (undefined: not wired for a
+   * receive). A reader that posts the same views call after call then only resets the fields the
+   * kernel overwrote; a send rewires the headers and clears this.
+   */
+  private readonly receiveViews: (Uint8Array | undefined)[];
+  private receiveViewsValid = false;
 
   private constructor(fd: number, owned: boolean, options: UdpSocketOptions) {
     const batchSize = options.batchSize ?? DEFAULT_BATCH_SIZE;
@@ -301,6 +308,7 @@ export class UdpSocket {
     this.gsoEnabled = options.gso ?? gsoWantedByDefault();
     this.groupFirst = new Int32Array(batchSize);
     this.groupSize = new Int32Array(batchSize);
+    this.receiveViews = new Array<Uint8Array | undefined>(batchSize).fill(undefined);
     // Layout: mmsghdr[n] | iovec[n] | sockaddr_in6[n] | control[n]. A plain ArrayBuffer: its
     // store never moves, and the GC frees it with this object.
     this.iovOffset = batchSize * MMSGHDR_SIZE;
@@ -346,21 +354,30 @@ export class UdpSocket {
    * a whole slot), and fills `meta` (layout above). Returns the count; 0 when nothing is waiting.
    * A datagram longer than its view is cut and flagged with MSG_TRUNC in its status word.
    */
-  recvBatch(views: readonly Uint8Array[], meta: DatagramMeta): number {
-    const n = Math.min(views.length, meta.capacity, this.batchSize);
+  recvBatch(views: readonly Uint8Array[], meta: DatagramMeta, max: number = views.length): number {
+    const n = Math.min(max, views.length, meta.capacity, this.batchSize);
     const s = this.scratchView;
+    const wired = this.receiveViews;
+    if (!this.receiveViewsValid) {
+      wired.fill(undefined);
+      this.receiveViewsValid = true;
+    }
     for (let i = 0; i < n; i++) {
       const view = views[i] as Uint8Array;
       const h = i * MMSGHDR_SIZE;
-      const iov = this.iovOffset + i * IOVEC_SIZE;
-      storePointer(s, iov, addressOf(view));
-      storeSize(s, iov + 8, view.byteLength);
-      // Sending may have pointed this header at other iovecs or names (GSO groups): rewire it.
-      storePointer(s, h + MSGHDR_IOV, this.scratchAddress + iov);
-      storeSize(s, h + MSGHDR_IOVLEN, 1);
-      storePointer(s, h + MSGHDR_NAME, this.scratchAddress + this.nameOffset + i * NAME_STRIDE);
+      if (wired[i] !== view) {
+        wired[i] = view;
+        const iov = this.iovOffset + i * IOVEC_SIZE;
+        storePointer(s, iov, addressOf(view));
+        storeSize(s, iov + 8, view.byteLength);
+        // Sending may have pointed this header at other iovecs or names (GSO groups): rewire it.
+        storePointer(s, h + MSGHDR_IOV, this.scratchAddress + iov);
+        storeSize(s, h + MSGHDR_IOVLEN, 1);
+        storePointer(s, h + MSGHDR_NAME, this.scratchAddress + this.nameOffset + i * NAME_STRIDE);
+        storePointer(s, h + MSGHDR_CONTROL, this.scratchAddress + this.controlOffset + i * CONTROL_BYTES);
+      }
+      // The kernel writes these three back on every receive.
       s.setUint32(h + MSGHDR_NAMELEN, SOCKADDR_IN6_SIZE, true);
-      storePointer(s, h + MSGHDR_CONTROL, this.scratchAddress + this.controlOffset + i * CONTROL_BYTES);
       storeSize(s, h + MSGHDR_CONTROLLEN, CONTROL_BYTES);
       s.setUint32(h + MSGHDR_FLAGS, 0, true);
     }
@@ -581,6 +598,7 @@ export class UdpSocket {
     if (count > this.batchSize || count > meta.capacity || count > views.length) {
       throw new RangeError(`udp: sendBatch of ${count} exceeds batchSize ${this.batchSize}, meta or views`);
     }
+    this.receiveViewsValid = false;
     for (let i = 0; i < count; i++) this.encodeIov(i, views[i] as Uint8Array, meta, i);
     const words = meta.words;
     let done = 0;
@@ -627,6 +645,7 @@ export class UdpSocket {
    */
   sendOne(view: Uint8Array, meta: DatagramMeta, index: number): number {
     if (index >= meta.capacity) throw new RangeError(`udp: meta index ${index}`);
+    this.receiveViewsValid = false;
     this.encodeIov(0, view, meta, index);
     this.encodeHeader(0, meta, index, 0, 1, 0);
     for (;;) {

@@ -54,6 +54,8 @@ const segmenter = new Segmenter();
 const backpressure = new Int32Array(new SharedArrayBuffer(4));
 const touched = new Uint8Array(workerCount);
 let running = true;
+/** True when the last batch ended on an empty queue: poll next instead of reading again. */
+let drained = false;
 
 /** Where slot `slot`'s plaintext starts in `bytes` (the whole slab). */
 function plaintextAt(slot: number): number {
@@ -73,6 +75,7 @@ function readBatch(): number {
   fabric.pool.reclaim();
   let count = 0;
   let full = false;
+  drained = false;
   while (count < BATCH) {
     if (vnetHeader && !roomForRead()) {
       full = true;
@@ -87,6 +90,7 @@ function readBatch(): number {
     const length = tunRead(fd, readViews[slot]!);
     if (length === 0) {
       fabric.pool.release(slot);
+      drained = true;
       break;
     }
     count += vnetHeader ? dispatchOffloaded(slot, length - TUN_VNET_HDR_SIZE) : dispatch(slot, length);
@@ -170,7 +174,7 @@ try {
     });
     if (!running) break;
     const read = readBatch();
-    if (read === 0) waitReadable(fd, POLL_TIMEOUT_MS, init.wakeFd);
+    if (read === 0 || drained) waitReadable(fd, POLL_TIMEOUT_MS, init.wakeFd);
     else if (read < 0) Atomics.wait(backpressure, 0, 0, BACKPRESSURE_WAIT_MS);
     reporter.maybeReport(() => drops, performance.now());
   }

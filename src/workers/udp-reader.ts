@@ -19,6 +19,8 @@ import { DatagramMeta, META_BYTES, META_LOCAL_ADDRESS_BYTE, META_REMOTE_ADDRESS_
 import { CommandInbox, DropReporter, notifyControl, threadInit } from './thread-support.ts';
 
 const BATCH = 64;
+/** How long to let the workers drain their rings when one is too full to take another batch. */
+const BACKPRESSURE_WAIT_MS = 0.05;
 /** A poll(2) wakes on commands through the wake eventfd; the timeout is only a safety net. */
 const POLL_TIMEOUT_MS = 1_000;
 
@@ -31,8 +33,15 @@ const drops = { notWireGuard: 0, badChannelData: 0, truncated: 0, noFreeSlot: 0,
 const reporter = new DropReporter('udpReader');
 const slab = fabric.pool.slab;
 const meta = new DatagramMeta(BATCH);
-const slots = new Int32Array(BATCH);
-const views: Uint8Array[] = [];
+/**
+ * The slots posted to the next recvmmsg, at positions 0 .. armedCount - 1. They stay posted from
+ * call to call (a receive that finds nothing costs no slot traffic, and the socket keeps its wired
+ * headers); only the positions a receive consumed get fresh slots.
+ */
+const armedSlots = new Int32Array(BATCH);
+const armedViews: Uint8Array[] = [];
+let armedCount = 0;
+const backpressure = new Int32Array(new SharedArrayBuffer(4));
 const touched = new Uint8Array(workerCount + 1);
 let running = true;
 /**
@@ -51,27 +60,63 @@ function route(link: OutboundLink, slot: number, target: number): void {
   fabric.pool.release(slot);
 }
 
+function post(at: number, slot: number): void {
+  armedSlots[at] = slot;
+  armedViews[at] = slab.payloadView(slot);
+}
+
+/**
+ * After a receive consumed positions 0 .. consumed - 1: posts fresh slots there (the other
+ * positions keep theirs), then tops the batch up. When the pool runs short, the still-posted tail
+ * moves down so that the posted slots stay contiguous.
+ */
+function rearm(consumed: number): void {
+  let filled = 0;
+  for (let slot = 0; filled < consumed && (slot = fabric.pool.allocate()) >= 0; filled++) post(filled, slot);
+  if (filled < consumed) {
+    for (let from = consumed; from < armedCount; from++) post(filled + from - consumed, armedSlots[from]!);
+    armedCount = filled + armedCount - consumed;
+  }
+  for (let slot = 0; armedCount < BATCH && (slot = fabric.pool.allocate()) >= 0; armedCount++) post(armedCount, slot);
+}
+
+/**
+ * How many datagrams every worker can take now. The reader receives no more than that, so a slow
+ * worker leaves datagrams in the socket's receive buffer (7 MiB) instead of having them dropped
+ * here, as wireguard-go's reader blocks on a full queue.
+ */
+function workerRoom(): number {
+  let room = BATCH;
+  for (let k = 0; k < workerCount; k++) room = Math.min(room, fabric.toWorker[k]!.ring.freeSpace());
+  return room;
+}
+
+/** True when the last receive got fewer datagrams than it asked for: the socket is drained. */
+let drained = false;
+
+/** Receives and dispatches one batch; returns how many datagrams, or -1 when nothing could be posted. */
 function receiveBatch(): number {
-  fabric.pool.reclaim();
-  views.length = 0;
-  let count = 0;
-  while (count < BATCH) {
-    const slot = fabric.pool.allocate();
-    if (slot < 0) break;
-    slots[count++] = slot;
-    views.push(slab.payloadView(slot));
+  if (armedCount < BATCH) {
+    fabric.pool.reclaim();
+    rearm(0);
   }
-  if (count === 0) {
+  if (armedCount === 0) {
     drops.noFreeSlot++;
-    return 0;
+    return -1;
   }
-  const received = socket.recvBatch(views, meta);
-  for (let i = received; i < count; i++) fabric.pool.release(slots[i]!);
-  for (let i = 0; i < received; i++) dispatch(i, slots[i]!);
+  const asked = Math.min(workerRoom(), armedCount);
+  if (asked === 0) return -1;
+  const received = socket.recvBatch(armedViews, meta, asked);
+  drained = received < asked;
+  for (let i = 0; i < received; i++) dispatch(i, armedSlots[i]!);
   for (let target = 0; target <= workerCount; target++) {
     if (touched[target] === 0) continue;
     touched[target] = 0;
     (target === workerCount ? fabric.toControl : fabric.toWorker[target]!).doorbell.ring();
+  }
+  if (received > 0) {
+    fabric.pool.reclaim();
+    rearm(received);
   }
   return received;
 }
@@ -170,7 +215,10 @@ while (running) {
     }
   });
   if (!running) break;
-  if (receiveBatch() === 0) waitReadable(socket.fd, POLL_TIMEOUT_MS, init.wakeFd);
+  const received = receiveBatch();
+  // A short batch means the socket is drained: poll instead of asking it again.
+  if (received < 0) Atomics.wait(backpressure, 0, 0, BACKPRESSURE_WAIT_MS);
+  else if (drained) waitReadable(socket.fd, POLL_TIMEOUT_MS, init.wakeFd);
   reporter.maybeReport(() => drops, performance.now());
 }
 reporter.maybeReport(() => drops, performance.now(), true);
