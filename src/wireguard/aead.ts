@@ -139,35 +139,51 @@ function checkKey(key: Uint8Array): void {
   if (key.length !== KEY_SIZE) throw new RangeError('aead: key must be 32 bytes');
 }
 
-/** Entries of a buffer's view cache (a power of two). */
-const VIEW_CACHE_ENTRIES = 32;
+/** Entries in each of a buffer's two view tables (a power of two). */
+const VIEW_CACHE_ENTRIES = 64;
 
 /**
  * Views of one buffer that sodium-native needs (it takes whole typed arrays, no offsets), kept so
- * the per-packet path does not create a `subarray` per call. Direct-mapped: a slot's content and tag
- * views of the few packet sizes a flow uses stay cached; a colliding (offset, length) replaces the
- * entry, so memory is bounded at VIEW_CACHE_ENTRIES views per buffer whatever sizes arrive.
+ * the per-packet path does not create a `subarray` per call. Two direct-mapped tables: content views
+ * by length and tag views by offset, both in 16-byte units (packets are padded to 16, whitepaper
+ * §5.4.6), so the sizes a flow mixes (full-size packets, the MTU-capped size, ACKs) each keep their
+ * entry in a slot: only sizes 1 KiB apart share one. A colliding view replaces the entry, so memory
+ * stays bounded at 2 × VIEW_CACHE_ENTRIES views per buffer (about 13 KB) whatever sizes arrive.
  */
 class ViewCache {
   readonly #buffer: Uint8Array;
-  readonly #offsets = new Int32Array(VIEW_CACHE_ENTRIES).fill(-1);
-  readonly #lengths = new Int32Array(VIEW_CACHE_ENTRIES);
-  readonly #views: Uint8Array[] = [];
+  readonly #contentOffsets = new Int32Array(VIEW_CACHE_ENTRIES).fill(-1);
+  readonly #contentLengths = new Int32Array(VIEW_CACHE_ENTRIES);
+  readonly #contentViews: Uint8Array[] = [];
+  readonly #tagOffsets = new Int32Array(VIEW_CACHE_ENTRIES).fill(-1);
+  readonly #tagViews: Uint8Array[] = [];
 
   constructor(buffer: Uint8Array) {
     this.#buffer = buffer;
-    for (let i = 0; i < VIEW_CACHE_ENTRIES; i++) this.#views.push(buffer);
+    for (let i = 0; i < VIEW_CACHE_ENTRIES; i++) {
+      this.#contentViews.push(buffer);
+      this.#tagViews.push(buffer);
+    }
   }
 
-  /** buffer[off, off + len), the same view object as long as its entry is not displaced. */
-  view(off: number, len: number): Uint8Array {
-    // Packet lengths are padded to 16 (whitepaper §5.4.6): index by 16-byte units of both ends.
-    const entry = ((off >>> 4) * 7 + ((off + len) >>> 4)) & (VIEW_CACHE_ENTRIES - 1);
-    if (this.#offsets[entry] === off && this.#lengths[entry] === len) return this.#views[entry]!;
+  /** buffer[off, off + len). */
+  content(off: number, len: number): Uint8Array {
+    const entry = ((len + 15) >>> 4) & (VIEW_CACHE_ENTRIES - 1);
+    if (this.#contentOffsets[entry] === off && this.#contentLengths[entry] === len) return this.#contentViews[entry]!;
     const view = this.#buffer.subarray(off, off + len);
-    this.#offsets[entry] = off;
-    this.#lengths[entry] = len;
-    this.#views[entry] = view;
+    this.#contentOffsets[entry] = off;
+    this.#contentLengths[entry] = len;
+    this.#contentViews[entry] = view;
+    return view;
+  }
+
+  /** buffer[off, off + AEAD_TAG_SIZE). */
+  tag(off: number): Uint8Array {
+    const entry = ((off + 15) >>> 4) & (VIEW_CACHE_ENTRIES - 1);
+    if (this.#tagOffsets[entry] === off) return this.#tagViews[entry]!;
+    const view = this.#buffer.subarray(off, off + AEAD_TAG_SIZE);
+    this.#tagOffsets[entry] = off;
+    this.#tagViews[entry] = view;
     return view;
   }
 }
@@ -199,10 +215,10 @@ export const sodiumAead: AeadBackend = {
     checkRange(out, outOff, ptLen + AEAD_TAG_SIZE, 'output');
     writeNonce(sodiumNonce, counter);
     const outViews = viewsOf(out);
-    const ciphertext = outViews.view(outOff, ptLen);
-    const message = plaintext === out && ptOff === outOff ? ciphertext : viewsOf(plaintext).view(ptOff, ptLen);
+    const ciphertext = outViews.content(outOff, ptLen);
+    const message = plaintext === out && ptOff === outOff ? ciphertext : viewsOf(plaintext).content(ptOff, ptLen);
     sodium.crypto_aead_chacha20poly1305_ietf_encrypt_detached(
-      ciphertext, outViews.view(outOff + ptLen, AEAD_TAG_SIZE), message, ad ?? undefined, sodiumNonce, key,
+      ciphertext, outViews.tag(outOff + ptLen), message, ad ?? undefined, sodiumNonce, key,
     );
     return ptLen + AEAD_TAG_SIZE;
   },
@@ -214,10 +230,10 @@ export const sodiumAead: AeadBackend = {
     checkRange(out, outOff, contentLen, 'output');
     writeNonce(sodiumNonce, counter);
     const inViews = viewsOf(ciphertext);
-    const content = inViews.view(ctOff, contentLen);
-    const message = ciphertext === out && ctOff === outOff ? content : viewsOf(out).view(outOff, contentLen);
+    const content = inViews.content(ctOff, contentLen);
+    const message = ciphertext === out && ctOff === outOff ? content : viewsOf(out).content(outOff, contentLen);
     const status = sodium.crypto_aead_chacha20poly1305_ietf_decrypt_detached(
-      message, content, inViews.view(ctOff + contentLen, AEAD_TAG_SIZE), ad ?? undefined, sodiumNonce, key,
+      message, content, inViews.tag(ctOff + contentLen), ad ?? undefined, sodiumNonce, key,
     );
     return status === 0 ? contentLen : -1;
   },

@@ -98,8 +98,10 @@ test('Datapath.encrypt and decrypt allocate nothing per packet (sodium, mixed si
   const tun = Slab.create(SLOTS);
   const udp = Slab.create(SLOTS);
   const peerOut = new Int32Array(1);
-  // Full-size packets and TCP-ACK-size ones through the same slots, as a real flow mixes them.
-  const sizeOf = (i: number): number => ((i & 3) === 3 ? 52 : 1420);
+  // Full-size, MTU-capped, ACK-size and odd sizes through the same slots, as real flows mix them
+  // (each slot sees every size in turn).
+  const SIZES = [1420, 52, 1405, 72, 1420, 1419, 576, 52];
+  const sizeOf = (i: number): number => SIZES[Math.floor(i / SLOTS) % SIZES.length]!;
   const lengths = new Int32Array(CHUNK);
   let sent = 0;
 
