@@ -78,6 +78,11 @@ export class Device {
   private readonly routes = new AllowedIps();
   private readonly peers = new Map<string, DevicePeer>();
   private readonly peersById = new Map<number, DevicePeer>();
+  /** Peer ids handed out so far are below this; `freePeerIds` holds the ones given back since. */
+  private nextPeerId = 0;
+  private readonly freePeerIds: number[] = [];
+  /** One reusable record for handing a peer's counters to the engine on every tick. */
+  private readonly observed = { txData: 0, txAny: 0, rxData: 0, rxAny: 0 };
   private readonly workers: Worker[] = [];
   private readonly readers: Worker[] = [];
   private readonly commandSignals: Int32Array;
@@ -265,11 +270,13 @@ export class Device {
   }
 
   private addPeer(publicKey: Uint8Array): DevicePeer {
-    let id = 0;
-    while (this.peersById.has(id)) id++;
+    // Freed ids are reused first, which keeps the peer table dense. (A freed id is always below
+    // the table's capacity, so only a new one can overflow it.)
+    const id = this.freePeerIds.pop() ?? this.nextPeerId;
     if (id >= this.fabric.peerTable.byteLength / (PEER_RECORD_F64S * 8)) {
       throw new UapiError(UAPI_ERRNO.unknown, 'uapi: the peer table is full');
     }
+    if (id === this.nextPeerId) this.nextPeerId++;
     const peer: DevicePeer = { id, publicKey: publicKey.slice(), presharedKey: null, endpoint: null, persistentKeepalive: 0, lastHandshakeWallMs: 0 };
     this.stats.fill(0, id * PEER_RECORD_F64S, (id + 1) * PEER_RECORD_F64S);
     this.peers.set(keyToHex(publicKey), peer);
@@ -286,6 +293,7 @@ export class Device {
     this.sendToWorker(peer.id, { kind: 'removePeer', peer: peer.id });
     this.peers.delete(keyToHex(peer.publicKey));
     this.peersById.delete(peer.id);
+    this.freePeerIds.push(peer.id);
   }
 
   private setPeerEndpoint(peer: DevicePeer, endpoint: Endpoint): void {
@@ -546,16 +554,12 @@ export class Device {
     const now = monotonicNow();
     for (const peer of this.peersById.values()) {
       const r = peer.id * PEER_RECORD_F64S;
-      this.engine.observeCounters(
-        peer.id,
-        {
-          txData: this.stats[r + PEER_TX_DATA_PACKETS_F64]!,
-          txAny: this.stats[r + PEER_TX_ANY_PACKETS_F64]!,
-          rxData: this.stats[r + PEER_RX_DATA_PACKETS_F64]!,
-          rxAny: this.stats[r + PEER_RX_ANY_PACKETS_F64]!,
-        },
-        now,
-      );
+      const observed = this.observed;
+      observed.txData = this.stats[r + PEER_TX_DATA_PACKETS_F64]!;
+      observed.txAny = this.stats[r + PEER_TX_ANY_PACKETS_F64]!;
+      observed.rxData = this.stats[r + PEER_RX_DATA_PACKETS_F64]!;
+      observed.rxAny = this.stats[r + PEER_RX_ANY_PACKETS_F64]!;
+      this.engine.observeCounters(peer.id, observed, now);
     }
     if (this.engine.pollTimeout() <= now) this.engine.handleTimeout(now);
     this.pump();
