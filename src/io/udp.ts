@@ -297,6 +297,8 @@ export class UdpSocket {
    */
   private readonly receiveViews: (Uint8Array | undefined)[];
   private receiveViewsValid = false;
+  /** Headers the last receive filled (0 .. n - 1): only those have fields the kernel overwrote. */
+  private receivedLast = 0;
 
   private constructor(fd: number, owned: boolean, options: UdpSocketOptions) {
     const batchSize = options.batchSize ?? DEFAULT_BATCH_SIZE;
@@ -365,6 +367,7 @@ export class UdpSocket {
     for (let i = 0; i < n; i++) {
       const view = views[i] as Uint8Array;
       const h = i * MMSGHDR_SIZE;
+      if (wired[i] === view && i >= this.receivedLast) continue;
       if (wired[i] !== view) {
         wired[i] = view;
         const iov = this.iovOffset + i * IOVEC_SIZE;
@@ -376,7 +379,7 @@ export class UdpSocket {
         storePointer(s, h + MSGHDR_NAME, this.scratchAddress + this.nameOffset + i * NAME_STRIDE);
         storePointer(s, h + MSGHDR_CONTROL, this.scratchAddress + this.controlOffset + i * CONTROL_BYTES);
       }
-      // The kernel writes these three back on every receive.
+      // The kernel writes these three back for every datagram it receives.
       s.setUint32(h + MSGHDR_NAMELEN, SOCKADDR_IN6_SIZE, true);
       storeSize(s, h + MSGHDR_CONTROLLEN, CONTROL_BYTES);
       s.setUint32(h + MSGHDR_FLAGS, 0, true);
@@ -386,9 +389,11 @@ export class UdpSocket {
       received = libc.recvmmsg(this.fd, this.scratchAddress, n, MSG_DONTWAIT, null);
     } while (received < 0 && errno() === EINTR);
     if (received < 0) {
+      this.receivedLast = 0;
       if (errno() === EAGAIN) return 0;
       throwErrno('recvmmsg');
     }
+    this.receivedLast = received;
     for (let i = 0; i < received; i++) this.decodeReceived(i, meta);
     return received;
   }
