@@ -241,7 +241,13 @@ labTest('the tunnel interface\'s kernel counters count the real traffic', 30_000
   const sentByA = (await linkStats(a.ns, a.ifname)).txBytes - tcpBeforeA.txBytes;
   const receivedByB = (await linkStats(b.ns, b.ifname)).rxBytes - tcpBeforeB.rxBytes;
   // Payload plus TCP/IP headers (about 3–4 % at this MTU) and the handful of control segments.
-  assert.ok(receivedByB >= tcp.bytesReceived && receivedByB <= tcp.bytesReceived * 1.1 + 1e6,
-    `B rx ${receivedByB} for ${tcp.bytesReceived} payload bytes`);
-  assert.ok(sentByA >= receivedByB, `A tx ${sentByA} < B rx ${receivedByB}`);
+  // Each side is checked against the payload rather than against the other: with TUN offloads an
+  // implementation reads TCP super-packets (one set of headers for up to 64 KiB) and may write
+  // segments one by one, so A's tx and B's rx legitimately differ by per-segment header bytes.
+  // A's side also carries TCP's retransmissions of segments lost on the way, hence its wider bound
+  // (still far from counting anything twice).
+  for (const [what, bytes, bound] of [['A tx', sentByA, 1.5], ['B rx', receivedByB, 1.1]] as const) {
+    assert.ok(bytes >= tcp.bytesReceived && bytes <= tcp.bytesReceived * bound + 1e6,
+      `${what} ${bytes} for ${tcp.bytesReceived} payload bytes`);
+  }
 });
