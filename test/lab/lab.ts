@@ -593,8 +593,11 @@ export type ImplPairing = { readonly name: string; readonly a: WgImpl; readonly 
  * (`ztgate:N` for N workers, default `$ZTGATE_LAB_WORKERS` or 2), `mixed` (ztgate on A, wireguard-go on B).
  */
 export function pairingsFromEnv(env: NodeJS.ProcessEnv = process.env): ImplPairing[] {
-  const defaultWorkers = Number(env.ZTGATE_LAB_WORKERS ?? 2);
-  const spec = env.ZTGATE_LAB_IMPLS?.trim() || 'wireguard-go';
+  return parsePairings(env.ZTGATE_LAB_IMPLS?.trim() || 'wireguard-go', Number(env.ZTGATE_LAB_WORKERS ?? 2));
+}
+
+/** Pairings from a comma-separated spec (the `ZTGATE_LAB_IMPLS` syntax). */
+export function parsePairings(spec: string, defaultWorkers = 2): ImplPairing[] {
   return spec.split(',').map((item) => item.trim()).filter(Boolean).map((item): ImplPairing => {
     const [kind, workersText] = item.split(':');
     const workers = workersText === undefined ? defaultWorkers : Number(workersText);
@@ -954,6 +957,8 @@ export async function buildPair(lab: Lab, options: PairOptions): Promise<Pair> {
 export type LabTestOptions = {
   /** Declares the test only for pairings this accepts (for a behaviour one implementation is known to lack here). */
   readonly when?: (pairing: ImplPairing) => boolean;
+  /** Pairings (ZTGATE_LAB_IMPLS syntax) this test also runs with, beyond the chosen ones: for core tests. */
+  readonly alsoWith?: string;
 };
 
 /**
@@ -962,7 +967,9 @@ export type LabTestOptions = {
  */
 export function labTest(title: string, timeoutMs: number, body: (lab: Lab, pairing: ImplPairing) => Promise<void>,
   options: LabTestOptions = {}): void {
-  for (const pairing of pairingsFromEnv()) {
+  const chosen = pairingsFromEnv();
+  const extra = parsePairings(options.alsoWith ?? '').filter((p) => !chosen.some((c) => c.name === p.name));
+  for (const pairing of [...chosen, ...extra]) {
     if (options.when !== undefined && !options.when(pairing)) continue;
     test(`${title} [${pairing.name}]`, { timeout: timeoutMs }, () => withLab((lab) => body(lab, pairing)));
   }

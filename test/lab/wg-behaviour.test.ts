@@ -62,7 +62,7 @@ for (const initiator of ['a', 'b'] as const) {
       }
       assert.equal(await endpointSeenBy(to, from), endpointOf(from.underlay.addresses[0] ?? '', from.listenPort),
         'the responder learnt the initiator\'s endpoint from the handshake');
-    });
+    }, { alsoWith: 'ztgate:1,ztgate:2,mixed:1,mixed:2' });
 }
 
 labTest('traffic resumes after either daemon restarts with the same keys', 60_000, async (lab, impls) => {
