@@ -26,7 +26,7 @@ import { transportAddress, type TransportAddress } from '../ice/address.ts';
 import { CHANNEL_DATA_HEADER_BYTES, writeChannelDataHeader } from '../ice/turn.ts';
 import { endpointFromTransport, IceConnections, transportFromEndpoint, type ConnectionEvent, type RelayServer } from './connections.ts';
 import { MESSAGE_COOKIE_REPLY, MESSAGE_COOKIE_REPLY_SIZE, MESSAGE_INITIATION, MESSAGE_INITIATION_SIZE, MESSAGE_RESPONSE, MESSAGE_RESPONSE_SIZE } from '../wireguard/constants.ts';
-import { commandSignalIndex, DROP_REPORT_INTERVAL_MS, type ControlNotice, type ReaderCommand, type RouteChange, type UdpReaderCommand, type ThreadInit, type WorkerCommand } from './messages.ts';
+import { commandSignalIndex, DROP_REPORT_INTERVAL_MS, type ControlNotice, type ReaderCommand, RouteChangeBatch, type UdpReaderCommand, type ThreadInit, type WorkerCommand } from './messages.ts';
 
 const SO_MARK = 36;
 /** How often worker counters are turned into timer events, and timers are checked. */
@@ -175,7 +175,7 @@ export class Device {
   /** Applies validated operations in order (wireguard-go's semantics); routes go out in one batch. */
   apply(operations: readonly SetOperation[]): void {
     const now = monotonicNow();
-    const routeChanges: RouteChange[] = [];
+    const routeChanges = new RouteChangeBatch();
     // A port that cannot be bound fails the request before anything else changes.
     for (const op of operations) if (op.kind === 'listenPort') this.rebind(op.port);
     for (const op of operations) {
@@ -219,7 +219,7 @@ export class Device {
     }
   }
 
-  private setPrivateKey(key: Uint8Array | null, routeChanges: RouteChange[]): void {
+  private setPrivateKey(key: Uint8Array | null, routeChanges: RouteChangeBatch): void {
     this.privateKey = key === null || isZeroKey(key) ? null : key;
     this.engine.setPrivateKey(this.privateKey === null ? null : toPrivateKey(this.privateKey));
     // A peer whose public key is now our own can never be talked to (wireguard-go removes it).
@@ -230,7 +230,7 @@ export class Device {
     }
   }
 
-  private applyPeer(op: PeerOperation, now: number, routeChanges: RouteChange[]): void {
+  private applyPeer(op: PeerOperation, now: number, routeChanges: RouteChangeBatch): void {
     const hex = keyToHex(op.publicKey);
     let peer = this.peers.get(hex);
     if (op.remove) {
@@ -251,16 +251,16 @@ export class Device {
     }
     if (op.replaceAllowedIps) {
       this.routes.removePeer(peer.id);
-      routeChanges.push({ op: 'removePeer', peer: peer.id });
+      routeChanges.removePeer(peer.id);
     }
     for (const change of op.allowedIps) {
       if (change.remove) {
         if (this.routes.remove(change.bytes, change.prefixLength, peer.id)) {
-          routeChanges.push({ op: 'remove', bytes: change.bytes, prefixLength: change.prefixLength, peer: peer.id });
+          routeChanges.remove(change.bytes, change.prefixLength, peer.id);
         }
       } else {
         this.routes.insert(change.bytes, change.prefixLength, peer.id);
-        routeChanges.push({ op: 'insert', bytes: change.bytes, prefixLength: change.prefixLength, peer: peer.id });
+        routeChanges.insert(change.bytes, change.prefixLength, peer.id);
       }
     }
     if (op.persistentKeepalive !== undefined) {
@@ -286,10 +286,10 @@ export class Device {
     return peer;
   }
 
-  private removePeer(peer: DevicePeer, routeChanges: RouteChange[]): void {
+  private removePeer(peer: DevicePeer, routeChanges: RouteChangeBatch): void {
     this.engine.removePeer(peer.id);
     this.routes.removePeer(peer.id);
-    routeChanges.push({ op: 'removePeer', peer: peer.id });
+    routeChanges.removePeer(peer.id);
     this.sendToWorker(peer.id, { kind: 'removePeer', peer: peer.id });
     this.peers.delete(keyToHex(peer.publicKey));
     this.peersById.delete(peer.id);
@@ -469,8 +469,10 @@ export class Device {
     signalEventFd(this.readerWakeFds[index]);
   }
 
-  private broadcastRoutes(changes: readonly RouteChange[]): void {
-    if (changes.length === 0) return;
+  private broadcastRoutes(batch: RouteChangeBatch): void {
+    if (batch.count === 0) return;
+    // One packed buffer, cloned once per thread (see RouteChanges).
+    const changes = batch.finish();
     this.postReader('tunReader', { kind: 'routes', changes });
     for (let k = 0; k < this.options.workers; k++) this.postWorker(k, { kind: 'routes', changes });
   }

@@ -1,6 +1,6 @@
 // Applying the control thread's commands to a worker's datapath. Shared by the worker thread and
 // the simulation tests, so both exercise the same glue.
-import type { WorkerCommand, RouteChange } from '../control/messages.ts';
+import { ROUTE_ADDRESS_OFFSET, ROUTE_INSERT, ROUTE_PEER_OFFSET, ROUTE_RECORD_BYTES, ROUTE_REMOVE, ROUTE_REMOVE_PEER, type RouteChanges, type WorkerCommand } from '../control/messages.ts';
 import type { AllowedIps } from '../wireguard/allowedips.ts';
 import type { Datapath } from './datapath.ts';
 
@@ -49,10 +49,20 @@ export function applyWorkerCommand(datapath: Datapath, command: WorkerCommand, e
   }
 }
 
-export function applyRouteChanges(routes: AllowedIps, changes: readonly RouteChange[]): void {
-  for (const change of changes) {
-    if (change.op === 'insert') routes.insert(change.bytes, change.prefixLength, change.peer);
-    else if (change.op === 'remove') routes.remove(change.bytes, change.prefixLength, change.peer);
-    else routes.removePeer(change.peer);
+/** Applies a packed batch in order (see RouteChanges); the address views are only read, never kept. */
+export function applyRouteChanges(routes: AllowedIps, changes: RouteChanges): void {
+  const { records, count } = changes;
+  if (records.length < count * ROUTE_RECORD_BYTES) throw new RangeError('commands: route batch shorter than its count');
+  const view = new DataView(records.buffer, records.byteOffset, records.byteLength);
+  for (let i = 0, at = 0; i < count; i++, at += ROUTE_RECORD_BYTES) {
+    const op = records[at];
+    const peer = view.getUint32(at + ROUTE_PEER_OFFSET, true);
+    if (op === ROUTE_REMOVE_PEER) {
+      routes.removePeer(peer);
+      continue;
+    }
+    const address = records.subarray(at + ROUTE_ADDRESS_OFFSET, at + ROUTE_ADDRESS_OFFSET + records[at + 1]);
+    if (op === ROUTE_INSERT) routes.insert(address, records[at + 2], peer);
+    else if (op === ROUTE_REMOVE) routes.remove(address, records[at + 2], peer);
   }
 }
