@@ -39,6 +39,12 @@ const HANDSHAKE_BATCH = 256;
 const UNDER_LOAD_BACKLOG = 32;
 /** How long packet threads get to finish before the process exits regardless. */
 const THREAD_STOP_TIMEOUT_MS = 2_000;
+/**
+ * Packet threads allocate next to nothing per packet, but a big configuration change (routes,
+ * peers) is a burst of garbage: V8 would grow each thread's young generation to its default
+ * maximum (tens of MB of resident memory per thread, kept afterwards). A small cap bounds that.
+ */
+const PACKET_THREAD_YOUNG_GENERATION_MB = 4;
 
 export interface DeviceOptions {
   readonly interfaceName: string;
@@ -430,7 +436,7 @@ export class Device {
     });
     const ready: Promise<void>[] = [];
     const spawn = (file: string, workerIndex: number, wakeFd = -1): Worker => {
-      const worker = new Worker(new URL(file, import.meta.url), { workerData: init(workerIndex, wakeFd), name: file });
+      const worker = new Worker(new URL(file, import.meta.url), { workerData: init(workerIndex, wakeFd), name: file, resourceLimits: { maxYoungGenerationSizeMb: PACKET_THREAD_YOUNG_GENERATION_MB } });
       ready.push(
         new Promise<void>((resolve, reject) => {
           worker.once('message', () => resolve());
