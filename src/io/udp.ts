@@ -10,8 +10,8 @@ import {
   IPV6_PKTINFO, IPV6_RECVPKTINFO, IPV6_V6ONLY, IP_PKTINFO, MMSGHDR_LEN, MMSGHDR_SIZE, MSGHDR_CONTROL,
   MSGHDR_CONTROLLEN, MSGHDR_FLAGS, MSGHDR_IOV, MSGHDR_IOVLEN, MSGHDR_NAME, MSGHDR_NAMELEN,
   MSG_DONTWAIT, O_CLOEXEC, SOCKADDR_IN6_SIZE, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOL_IP, SOL_IPV6,
-  SOL_SOCKET, SOL_UDP, SO_RCVBUF, SO_RCVBUFFORCE, SO_SNDBUF, SO_SNDBUFFORCE, UDP_SEGMENT, addressOf, closeFd, cmsgSpace,
-  errno, isRoot, libc, setIntOption, storePointer, storeSize, throwErrno,
+  SOL_SOCKET, SOL_UDP, SO_RCVBUF, SO_RCVBUFFORCE, SO_SNDBUF, SO_SNDBUFFORCE, UDP_GRO, UDP_SEGMENT, addressOf, closeFd, cmsgSpace,
+  errno, getIntOption, isRoot, libc, setIntOption, storePointer, storeSize, throwErrno,
 } from './libc.ts';
 
 /**
@@ -29,7 +29,7 @@ import {
  * | 9     | 36–39  | ifindex the datagram arrived on       | outgoing ifindex for the source, 0 any |
  * | 10–13 | 40–55  | local (destination) address           | source address                        |
  * | 14    | 56–59  | source IPv6 scope id                  | destination IPv6 scope id             |
- * | 15    | 60–63  | unused                                | unused                                |
+ * | 15    | 60–63  | GRO segment size (0: one datagram)    | unused                                |
  *
  * IPv4 addresses are never shown v4-mapped: family 4 and four bytes, the rest zero.
  */
@@ -44,6 +44,7 @@ export const META_LOCAL_FAMILY = 8;
 export const META_LOCAL_IFINDEX = 9;
 export const META_LOCAL_ADDRESS_BYTE = 40;
 export const META_REMOTE_SCOPE = 14;
+export const META_SEGMENT_SIZE = 15;
 
 export type IpFamily = 4 | 6;
 
@@ -67,6 +68,12 @@ export class DatagramMeta {
   remotePort(i: number): number { return this.words[i * META_WORDS + META_REMOTE_PORT] ?? 0; }
   localFamily(i: number): number { return this.words[i * META_WORDS + META_LOCAL_FAMILY] ?? 0; }
   localIfindex(i: number): number { return this.words[i * META_WORDS + META_LOCAL_IFINDEX] ?? 0; }
+  /**
+   * For a message the kernel coalesced with UDP GRO (udp(7)): the size of each datagram in it (the
+   * last may be shorter), so datagram k sits at bytes k·size .. min((k+1)·size, length). 0 when
+   * the message is one datagram.
+   */
+  segmentSize(i: number): number { return this.words[i * META_WORDS + META_SEGMENT_SIZE] ?? 0; }
 
   setLength(i: number, length: number): void { this.words[i * META_WORDS + META_LENGTH] = length; }
 
@@ -178,8 +185,11 @@ export function parseAddress(text: string): { family: IpFamily; bytes: Uint8Arra
 /** wireguard-go asks for 7 MiB socket buffers (conn/controlfns_linux.go). */
 export const DEFAULT_SOCKET_BUFFER_BYTES = 7 << 20;
 export const DEFAULT_BATCH_SIZE = 64;
-/** Room for IP_PKTINFO and IPV6_PKTINFO together (a v4 datagram on a dual-stack socket gets both). */
-const CONTROL_BYTES = 128; // also room for a UDP_SEGMENT cmsg beside IPV6_PKTINFO (40 + 24)
+/**
+ * Room for IP_PKTINFO and IPV6_PKTINFO together (a v4 datagram on a dual-stack socket gets both)
+ * plus a UDP_GRO cmsg (32 + 40 + 24), and for a UDP_SEGMENT cmsg beside IPV6_PKTINFO on send.
+ */
+const CONTROL_BYTES = 128;
 const NAME_STRIDE = 32; // sockaddr_in6 (28) rounded to 8
 
 export interface UdpSocketOptions {
@@ -192,12 +202,27 @@ export interface UdpSocketOptions {
    * UDP_SEGMENT). Default: on unless the environment says ZTGATE_UDP_GSO=0.
    */
   readonly gso?: boolean;
+  /**
+   * For `open` (a property of the socket, kept across rebind): let the kernel coalesce runs of
+   * same-size datagrams from one source into one received message (udp(7), UDP_GRO); recvBatch
+   * then reports each message's segment size (DatagramMeta.segmentSize) and the reader splits it.
+   * Default: on unless the environment says ZTGATE_UDP_GRO=0; silently off when the kernel refuses.
+   */
+  readonly gro?: boolean;
 }
 
 /** Whether UDP GSO is wanted by default: the off switch is ZTGATE_UDP_GSO=0. */
 export function gsoWantedByDefault(env: NodeJS.ProcessEnv = process.env): boolean {
   return env['ZTGATE_UDP_GSO'] !== '0';
 }
+
+/** Whether UDP GRO is wanted by default: the off switch is ZTGATE_UDP_GRO=0. */
+export function groWantedByDefault(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env['ZTGATE_UDP_GRO'] !== '0';
+}
+
+/** The UDP_GRO cmsg carries an int: the segment size of a coalesced message. */
+const UDP_GRO_DATA_SIZE = 4;
 
 /**
  * The kernel's limits for one GSO send (udp_send_skb): at most UDP_MAX_SEGMENTS (64 on older
@@ -230,7 +255,7 @@ function isV4Mapped(bytes: Uint8Array, at: number): boolean {
   return bytes[at + 10] === 0xff && bytes[at + 11] === 0xff;
 }
 
-function openBoundSocket(port: number, bufferBytes: number): number {
+function openBoundSocket(port: number, bufferBytes: number, gro: boolean): number {
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new RangeError(`udp: bad port ${port}`);
   const fd = libc.socket(AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) throwErrno('socket', 'AF_INET6 UDP');
@@ -242,6 +267,11 @@ function openBoundSocket(port: number, bufferBytes: number): number {
     setIntOption(fd, SOL_IP, IP_PKTINFO, 1, 'IP_PKTINFO');
     setIntOption(fd, SOL_IPV6, IPV6_RECVPKTINFO, 1, 'IPV6_RECVPKTINFO');
     setBufferSizes(fd, bufferBytes);
+    if (gro) {
+      // Fewer, larger receives (wireguard-go does the same, conn/gso_linux.go); kernels before
+      // 5.0 refuse the option, and then every datagram simply arrives on its own.
+      try { setIntOption(fd, SOL_UDP, UDP_GRO, 1, 'UDP_GRO'); } catch { /* stays off */ }
+    }
     const address = new Uint8Array(SOCKADDR_IN6_SIZE);
     new DataView(address.buffer).setUint16(0, AF_INET6, true);
     new DataView(address.buffer).setUint16(2, port, false);
@@ -332,7 +362,7 @@ export class UdpSocket {
   /** Opens the dual-stack socket on [::]:port (0: any free port; see `port()`). */
   static open(port: number, options: UdpSocketOptions = {}): UdpSocket {
     const bufferBytes = options.bufferBytes ?? DEFAULT_SOCKET_BUFFER_BYTES;
-    return new UdpSocket(openBoundSocket(port, bufferBytes), true, options);
+    return new UdpSocket(openBoundSocket(port, bufferBytes, options.gro ?? groWantedByDefault()), true, options);
   }
 
   /** Wraps a descriptor opened by another thread (not closed by this object's close()). */
@@ -346,6 +376,15 @@ export class UdpSocket {
     return this.gsoEnabled;
   }
 
+  /** Whether the kernel coalesces received datagrams on this socket (UDP_GRO; asks the kernel). */
+  get gro(): boolean {
+    try {
+      return getIntOption(this.fd, SOL_UDP, UDP_GRO, 'UDP_GRO') !== 0;
+    } catch {
+      return false;
+    }
+  }
+
   /** The port the socket is bound to now (asks the kernel, so it follows rebind from any thread). */
   port(): number {
     return boundPort(this.fd);
@@ -355,6 +394,7 @@ export class UdpSocket {
    * Receives up to min(views.length, meta.capacity, batchSize) datagrams, one per view (each view
    * a whole slot), and fills `meta` (layout above). Returns the count; 0 when nothing is waiting.
    * A datagram longer than its view is cut and flagged with MSG_TRUNC in its status word.
+   * On a socket with UDP_GRO a message may hold several datagrams: see DatagramMeta.segmentSize.
    */
   recvBatch(views: readonly Uint8Array[], meta: DatagramMeta, max: number = views.length): number {
     const n = Math.min(max, views.length, meta.capacity, this.batchSize);
@@ -423,9 +463,12 @@ export class UdpSocket {
     }
 
     // Local address from the control messages. A v4 datagram carries IP_PKTINFO and also an
-    // IPV6_PKTINFO with the v4-mapped address; the first one found wins, they agree.
+    // IPV6_PKTINFO with the v4-mapped address; the first one found wins, they agree. A UDP_GRO
+    // cmsg may come before or after them.
     words[w + META_LOCAL_FAMILY] = 0;
     words[w + META_LOCAL_IFINDEX] = 0;
+    words[w + META_SEGMENT_SIZE] = 0;
+    let localFound = false;
     const local = i * META_BYTES + META_LOCAL_ADDRESS_BYTE;
     const control = this.controlOffset + i * CONTROL_BYTES;
     const controlEnd = control + Math.min(s.getUint32(h + MSGHDR_CONTROLLEN, true), CONTROL_BYTES);
@@ -435,13 +478,23 @@ export class UdpSocket {
       const level = s.getInt32(c + 8, true);
       const type = s.getInt32(c + 12, true);
       const data = c + CMSGHDR_SIZE;
+      c += (cmsgLength + 7) & ~7;
+      if (level === SOL_UDP && type === UDP_GRO && cmsgLength >= CMSGHDR_SIZE + UDP_GRO_DATA_SIZE) {
+        // Only present when the kernel coalesced this message (udp_cmsg_recv); a "run" of one is
+        // reported as a plain datagram below.
+        const segmentSize = s.getInt32(data, true);
+        if (segmentSize > 0 && segmentSize < words[w + META_LENGTH]!) words[w + META_SEGMENT_SIZE] = segmentSize;
+        continue;
+      }
+      if (localFound) continue;
       if (level === SOL_IP && type === IP_PKTINFO && cmsgLength >= CMSGHDR_SIZE + IN_PKTINFO_SIZE) {
         // ipi_spec_dst is the local address to answer from (ip(7)), like wireguard-go uses.
         words[w + META_LOCAL_FAMILY] = 4;
         words[w + META_LOCAL_IFINDEX] = s.getInt32(data, true);
         for (let k = 0; k < 4; k++) out[local + k] = b[data + 4 + k] ?? 0;
         out.fill(0, local + 4, local + 16);
-        break;
+        localFound = true;
+        continue;
       }
       if (level === SOL_IPV6 && type === IPV6_PKTINFO && cmsgLength >= CMSGHDR_SIZE + IN6_PKTINFO_SIZE) {
         words[w + META_LOCAL_IFINDEX] = s.getInt32(data + 16, true);
@@ -453,9 +506,8 @@ export class UdpSocket {
           words[w + META_LOCAL_FAMILY] = 6;
           for (let k = 0; k < 16; k++) out[local + k] = b[data + k] ?? 0;
         }
-        break;
+        localFound = true;
       }
-      c += (cmsgLength + 7) & ~7;
     }
   }
 
@@ -675,7 +727,7 @@ export class UdpSocket {
   rebind(port: number): number {
     if (this.closed) throw new SyscallError('rebind', EBADF, 'socket closed');
     if (port !== 0 && port === this.port()) return port;
-    const replacement = openBoundSocket(port, this.bufferBytes);
+    const replacement = openBoundSocket(port, this.bufferBytes, this.gro);
     try {
       if (libc.dup3(replacement, this.fd, O_CLOEXEC) < 0) throwErrno('dup3');
     } finally {

@@ -19,6 +19,8 @@ import { DatagramMeta, META_BYTES, META_LOCAL_ADDRESS_BYTE, META_REMOTE_ADDRESS_
 import { CommandInbox, DropReporter, notifyControl, threadInit } from './thread-support.ts';
 
 const BATCH = 64;
+/** The kernel coalesces at most 64 datagrams into one UDP GRO message (UDP_GRO_CNT_MAX). */
+const MAX_GRO_SEGMENTS = 64;
 /** How long to let the workers drain their rings when one is too full to take another batch. */
 const BACKPRESSURE_WAIT_MS = 0.05;
 /** A poll(2) wakes on commands through the wake eventfd; the timeout is only a safety net. */
@@ -29,9 +31,11 @@ const fabric = attachUdpReader(init.fabric);
 const workerCount = init.fabric.workerCount;
 const socket = UdpSocket.attach(init.udpFd, { batchSize: BATCH });
 const inbox = new CommandInbox<UdpReaderCommand>(init.commandSignals, commandSignalIndex('udpReader', 0, workerCount));
-const drops = { notWireGuard: 0, badChannelData: 0, truncated: 0, noFreeSlot: 0, ringFull: 0 };
+const drops = { notWireGuard: 0, badChannelData: 0, truncated: 0, noFreeSlot: 0, ringFull: 0, badSegments: 0 };
 const reporter = new DropReporter('udpReader');
 const slab = fabric.pool.slab;
+/** The whole slab memory, so segments are copied between slots without a view per datagram. */
+const slabBytes = new Uint8Array(slab.payloadView(0).buffer);
 const meta = new DatagramMeta(BATCH);
 /**
  * The slots posted to the next recvmmsg, at positions 0 .. armedCount - 1. They stay posted from
@@ -45,19 +49,63 @@ const backpressure = new Int32Array(new SharedArrayBuffer(4));
 const touched = new Uint8Array(workerCount + 1);
 let running = true;
 /**
+ * Slots whose ring was full, oldest first, with their targets. The reader asks for no more
+ * messages than the rings can take, but a GRO message holds several datagrams: the surplus waits
+ * here (in order: once one waits, later slots queue behind it) and the next receive waits for it.
+ */
+const pendingSlots = new Int32Array(BATCH * MAX_GRO_SEGMENTS);
+const pendingTargets = new Int32Array(BATCH * MAX_GRO_SEGMENTS);
+let pendingCount = 0;
+/** The slots of one GRO message's 2nd..nth datagrams, copied out before any of them is routed. */
+const segmentSlots = new Int32Array(MAX_GRO_SEGMENTS);
+/**
  * ICE mode (set by the control thread's `relays` command): STUN goes to the control thread, and
  * ChannelData from these TURN servers that carries WireGuard data is unwrapped here.
  */
 let iceMode = false;
 let relays: ReadonlyArray<{ family: number; address: Uint8Array; port: number }> = [];
 
+function linkOf(target: number): OutboundLink {
+  return target === workerCount ? fabric.toControl : fabric.toWorker[target]!;
+}
+
 function route(link: OutboundLink, slot: number, target: number): void {
-  if (link.ring.push(slot)) {
+  if (pendingCount === 0 && link.ring.push(slot)) {
     touched[target] = 1;
     return;
   }
-  drops.ringFull++;
-  fabric.pool.release(slot);
+  if (pendingCount === pendingSlots.length) {
+    drops.ringFull++;
+    fabric.pool.release(slot);
+    return;
+  }
+  pendingSlots[pendingCount] = slot;
+  pendingTargets[pendingCount] = target;
+  pendingCount++;
+}
+
+/** Pushes waiting slots in order until a ring is full; returns true when none wait any more. */
+function flushPending(): boolean {
+  let done = 0;
+  while (done < pendingCount && linkOf(pendingTargets[done]!).ring.push(pendingSlots[done]!)) {
+    touched[pendingTargets[done]!] = 1;
+    done++;
+  }
+  if (done > 0) {
+    pendingSlots.copyWithin(0, done, pendingCount);
+    pendingTargets.copyWithin(0, done, pendingCount);
+    pendingCount -= done;
+    ringTouched();
+  }
+  return pendingCount === 0;
+}
+
+function ringTouched(): void {
+  for (let target = 0; target <= workerCount; target++) {
+    if (touched[target] === 0) continue;
+    touched[target] = 0;
+    linkOf(target).doorbell.ring();
+  }
 }
 
 function post(at: number, slot: number): void {
@@ -96,6 +144,7 @@ let drained = false;
 
 /** Receives and dispatches one batch; returns how many datagrams, or -1 when nothing could be posted. */
 function receiveBatch(): number {
+  if (pendingCount > 0 && !flushPending()) return -1;
   if (armedCount < BATCH) {
     fabric.pool.reclaim();
     rearm(0);
@@ -109,11 +158,7 @@ function receiveBatch(): number {
   const received = socket.recvBatch(armedViews, meta, asked);
   drained = received < asked;
   for (let i = 0; i < received; i++) dispatch(i, armedSlots[i]!);
-  for (let target = 0; target <= workerCount; target++) {
-    if (touched[target] === 0) continue;
-    touched[target] = 0;
-    (target === workerCount ? fabric.toControl : fabric.toWorker[target]!).doorbell.ring();
-  }
+  ringTouched();
   if (received > 0) {
     fabric.pool.reclaim();
     rearm(received);
@@ -128,7 +173,13 @@ function dispatch(i: number, slot: number): void {
     fabric.pool.release(slot);
     return;
   }
-  slab.setPayloadLength(slot, length);
+  setAddresses(slot, i);
+  const segmentSize = meta.segmentSize(i);
+  if (segmentSize > 0) dispatchSegments(slot, i, length, segmentSize);
+  else dispatchDatagram(slot, length);
+}
+
+function setAddresses(slot: number, i: number): void {
   slab.setRemote(slot, meta.remoteFamily(i), meta.remotePort(i));
   // An all-zero local address means no pktinfo arrived: the kernel picks the reply's source.
   slab.setLocalIfindex(slot, meta.localIfindex(i));
@@ -139,9 +190,44 @@ function dispatch(i: number, slot: number): void {
     remote[k] = meta.bytes[base + META_REMOTE_ADDRESS_BYTE + k]!;
     local[k] = meta.localFamily(i) === 0 ? 0 : meta.bytes[base + META_LOCAL_ADDRESS_BYTE + k]!;
   }
+}
+
+function dispatchDatagram(slot: number, length: number): void {
+  slab.setPayloadLength(slot, length);
   const payload = slab.payloadView(slot);
   if (iceMode && !demuxIce(slot, payload, length)) return;
   dispatchWireGuard(slot, payload, slab.payloadLength(slot));
+}
+
+/**
+ * A UDP GRO message (udp(7)): datagrams of `size` bytes back to back, the last one possibly
+ * shorter, all from the same source to the same local address. The 2nd..nth are copied into
+ * slots of their own first (once the first is routed, a worker may rewrite it in place), then
+ * each is demultiplexed as if it had arrived alone, in order.
+ */
+function dispatchSegments(first: number, i: number, length: number, size: number): void {
+  const payload = slab.payloadView(first);
+  let count = Math.ceil(length / size);
+  if (count > MAX_GRO_SEGMENTS) {
+    drops.badSegments += count - MAX_GRO_SEGMENTS;
+    count = MAX_GRO_SEGMENTS;
+  }
+  let copied = 1;
+  for (; copied < count; copied++) {
+    const slot = fabric.pool.allocate();
+    if (slot < 0) {
+      drops.noFreeSlot += count - copied;
+      break;
+    }
+    const start = copied * size;
+    const end = Math.min(start + size, length);
+    slabBytes.copyWithin(slab.payloadView(slot).byteOffset, payload.byteOffset + start, payload.byteOffset + end);
+    slab.setPayloadLength(slot, end - start);
+    setAddresses(slot, i);
+    segmentSlots[copied] = slot;
+  }
+  dispatchDatagram(first, size);
+  for (let k = 1; k < copied; k++) dispatchDatagram(segmentSlots[k]!, slab.payloadLength(segmentSlots[k]!));
 }
 
 /**

@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { SOL_UDP, UDP_GRO, setIntOption, waitReadable } from '../../src/io/libc.ts';
-import { DatagramMeta, UdpSocket, gsoWantedByDefault, parseAddress } from '../../src/io/udp.ts';
+import { DatagramMeta, UdpSocket, groWantedByDefault, gsoWantedByDefault, parseAddress } from '../../src/io/udp.ts';
 import { withNetns } from './io-helpers.ts';
 
 const SLOT = 65_536;
@@ -50,8 +50,8 @@ for (const gso of [true, false]) {
   test(`sendBatch with gso ${gso}: every datagram arrives whole, in order, at its destination`, async () => {
     await withNetns(() => {
       const a = UdpSocket.open(0, { batchSize: 64, gso });
-      const b = UdpSocket.open(0);
-      const c = UdpSocket.open(0);
+      const b = UdpSocket.open(0, { gro: false });
+      const c = UdpSocket.open(0, { gro: false });
       try {
         assert.equal(a.gso, gso);
         const views = slots(SPEC.length);
@@ -83,7 +83,7 @@ test('a UDP_GRO receiver sees a GSO run as one buffer, and single datagrams with
   await withNetns(() => {
     for (const gso of [true, false]) {
       const a = UdpSocket.open(0, { gso });
-      const b = UdpSocket.open(0);
+      const b = UdpSocket.open(0, { gro: false });
       try {
         setIntOption(b.fd, SOL_UDP, UDP_GRO, 1, 'UDP_GRO');
         const views = slots(5);
@@ -105,6 +105,80 @@ test('a UDP_GRO receiver sees a GSO run as one buffer, and single datagrams with
       }
     }
   });
+});
+
+/**
+ * Receives until `count` datagrams arrived or 2 s passed, splitting GRO messages by their segment
+ * size; returns each datagram with its source and local address and the number of messages.
+ */
+function receiveSplit(socket: UdpSocket, count: number): { datagrams: { bytes: Uint8Array; from: string; local: string }[]; messages: number } {
+  const views = slots(16);
+  const meta = new DatagramMeta(16);
+  const datagrams: { bytes: Uint8Array; from: string; local: string }[] = [];
+  let messages = 0;
+  const deadline = Date.now() + 2000;
+  while (datagrams.length < count && Date.now() < deadline) {
+    if (!waitReadable(socket.fd, 100)) continue;
+    const n = socket.recvBatch(views, meta);
+    for (let i = 0; i < n; i++) {
+      messages++;
+      assert.equal(meta.status(i), 0);
+      const length = meta.length(i);
+      const size = meta.segmentSize(i) || length;
+      let at = 0;
+      do {
+        datagrams.push({ bytes: views[i]!.slice(at, Math.min(at + size, length)), from: meta.remoteToString(i), local: meta.localToString(i) });
+        at += size;
+      } while (at < length);
+    }
+  }
+  return { datagrams, messages };
+}
+
+for (const gro of [true, false]) {
+  test(`recvBatch with gro ${gro}: a GSO run comes out datagram by datagram, in order, with its source`, async () => {
+    await withNetns(() => {
+      const a = UdpSocket.open(0, { gso: true, gro: false });
+      const b = UdpSocket.open(0, { gro });
+      try {
+        assert.equal(b.gro, gro);
+        for (const address of ['127.0.0.1', '::1']) {
+          const loopback = parseAddress(address);
+          // Two runs (the second a different size, so it cannot join the first) and a lone one.
+          const lengths = [...Array.from({ length: 20 }, () => 1400), 900, ...Array.from({ length: 7 }, () => 600), 77];
+          const views = slots(lengths.length);
+          const meta = new DatagramMeta(lengths.length);
+          lengths.forEach((length, i) => {
+            views[i]!.set(datagram(i, length));
+            meta.setLength(i, length);
+            meta.setRemote(i, loopback.family, loopback.bytes, b.port());
+            meta.clearLocal(i);
+          });
+          assert.equal(a.sendBatch(views, meta, lengths.length), lengths.length);
+          const { datagrams, messages } = receiveSplit(b, lengths.length);
+          assert.deepEqual(datagrams.map((d) => d.bytes), lengths.map((length, i) => datagram(i, length)));
+          const from = address === '::1' ? `[::1]:${a.port()}` : `127.0.0.1:${a.port()}`;
+          for (const d of datagrams) {
+            assert.equal(d.from, from);
+            assert.equal(d.local, address);
+          }
+          if (gro) assert.ok(messages < lengths.length, `GRO coalesced: ${messages} messages`);
+          else assert.equal(messages, lengths.length);
+        }
+        b.rebind(0);
+        assert.equal(b.gro, gro, 'rebind keeps the GRO setting');
+      } finally {
+        a.close();
+        b.close();
+      }
+    });
+  });
+}
+
+test('the ZTGATE_UDP_GRO environment switch', () => {
+  assert.equal(groWantedByDefault({}), true);
+  assert.equal(groWantedByDefault({ ZTGATE_UDP_GRO: '1' }), true);
+  assert.equal(groWantedByDefault({ ZTGATE_UDP_GRO: '0' }), false);
 });
 
 test('the ZTGATE_UDP_GSO environment switch', () => {
