@@ -20,6 +20,7 @@ import { SyscallError } from '../errors.ts';
 import { applyRouteChanges } from './commands.ts';
 import { Segmenter, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, VirtioHeader, completeChecksum } from './offload.ts';
 import { CommandInbox, DropReporter, notifyControl, threadInit } from './thread-support.ts';
+import { warmTunReaderPaths } from './warmup.ts';
 
 const BATCH = 64;
 /**
@@ -165,6 +166,7 @@ function dispatch(slot: number, length: number): number {
   return 0;
 }
 
+warmTunReaderPaths();
 notifyControl({ kind: 'ready', thread: 'tunReader' });
 try {
   while (running) {

@@ -17,6 +17,7 @@ import { STUN_MAGIC_COOKIE } from '../ice/stun.ts';
 import { waitReadable } from '../io/libc.ts';
 import { DatagramMeta, META_BYTES, META_LOCAL_ADDRESS_BYTE, META_REMOTE_ADDRESS_BYTE, UdpSocket } from '../io/udp.ts';
 import { CommandInbox, DropReporter, notifyControl, threadInit } from './thread-support.ts';
+import { warmUdpReaderPaths } from './warmup.ts';
 
 const BATCH = 64;
 /** The kernel coalesces at most 64 datagrams into one UDP GRO message (UDP_GRO_CNT_MAX). */
@@ -291,6 +292,7 @@ function dispatchWireGuard(slot: number, payload: Uint8Array, length: number): v
   }
 }
 
+warmUdpReaderPaths(workerCount);
 notifyControl({ kind: 'ready', thread: 'udpReader' });
 while (running) {
   inbox.drain((command) => {

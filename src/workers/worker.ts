@@ -19,6 +19,7 @@ import { TUN_VNET_HDR_SIZE, tunWrite } from '../io/tun.ts';
 import { TcpCoalescer } from './offload.ts';
 import { monotonicNow } from '../clock.ts';
 import { CommandInbox, DropReporter, notifyControl, threadInit } from './thread-support.ts';
+import { warmWorkerPaths } from './warmup.ts';
 
 const BATCH = 64;
 const IDLE_WAIT_MS = 1_000;
@@ -290,6 +291,7 @@ function applyCommand(command: WorkerCommand): void {
   applyWorkerCommand(datapath, command, effects);
 }
 
+warmWorkerPaths(aeadBackend(), init.mtu, source, monotonicNow());
 notifyControl({ kind: 'ready', thread: threadName });
 while (running) {
   now = monotonicNow();

@@ -1,0 +1,180 @@
+// Warm-up of each packet thread's hot paths before it reports ready. A fresh thread runs its
+// per-packet functions in V8's interpreter until they have run often enough to be compiled, so the
+// first seconds of traffic (a ping, a handshake's first data) paid hundreds of µs per wake-up. Here
+// the same functions and classes run a few thousand times on throwaway objects — a Datapath with a
+// peer of its own and a random keypair, its own AllowedIps, Slab, DatagramMeta and TcpCoalescer,
+// its own slot pool, rings and doorbell —
+// so nothing touches a real peer, counter, ring, slot or socket, and no syscall is made.
+import type { AeadBackend } from '../wireguard/aead.ts';
+import { AllowedIps } from '../wireguard/allowedips.ts';
+import { shardOfIndex } from '../wireguard/indexes.ts';
+import { transportReceiverIndex } from '../wireguard/transport.ts';
+import { DatagramMeta, META_LOCAL_ADDRESS_BYTE, META_REMOTE_ADDRESS_BYTE } from '../io/udp.ts';
+import { PEER_RECORD_F64S, SLOT_PLAINTEXT_OFFSET } from '../ring/layout.ts';
+import { Doorbell } from '../ring/doorbell.ts';
+import { Ring } from '../ring/ring.ts';
+import { Slab, SlotPool } from '../ring/slab.ts';
+import { Datapath, type DatagramSource } from './datapath.ts';
+import { TcpCoalescer } from './offload.ts';
+
+/** Enough calls for V8 to tier the per-packet functions up to optimized code (Maglev/Turbofan). */
+export const WARMUP_ROUNDS = 3_000;
+
+/** Addresses from the documentation ranges (RFC 5737, RFC 3849): they exist only in the scratch objects. */
+const V4_SOURCE = Uint8Array.of(192, 0, 2, 1);
+const V4_DESTINATION = Uint8Array.of(192, 0, 2, 2);
+const V6_SOURCE = Uint8Array.of(0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1);
+const V6_DESTINATION = Uint8Array.of(0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2);
+/** A ping's IP packet and a full-size one, so both small and large AEAD calls get compiled. */
+const PACKET_SIZES = [84, 1420] as const;
+const SCRATCH_PEER = 0;
+const SCRATCH_INDEX = 0x5eed;
+const SCRATCH_PORT = 51820;
+
+const noEffects = {
+  requestHandshake(): void {},
+  endpointChanged(): void {},
+  releaseStaged(): void {},
+  sessionConfirmed(): void {},
+};
+
+/** Writes a minimal IPv4 or IPv6 packet of `length` bytes (ICMP / no next header) at `at`. */
+function writeIpPacket(bytes: Uint8Array, at: number, length: number, version: 4 | 6): void {
+  bytes.fill(0, at, at + length);
+  if (version === 4) {
+    bytes[at] = 0x45;
+    bytes[at + 2] = length >> 8;
+    bytes[at + 3] = length & 0xff;
+    bytes[at + 8] = 64;
+    bytes[at + 9] = 1;
+    bytes.set(V4_SOURCE, at + 12);
+    bytes.set(V4_DESTINATION, at + 16);
+  } else {
+    bytes[at] = 0x60;
+    bytes[at + 4] = (length - 40) >> 8;
+    bytes[at + 5] = (length - 40) & 0xff;
+    bytes[at + 6] = 59;
+    bytes[at + 7] = 64;
+    bytes.set(V6_SOURCE, at + 8);
+    bytes.set(V6_DESTINATION, at + 24);
+  }
+}
+
+/**
+ * A packet worker's paths: slot traffic (warmRingPaths), encrypt an IP packet, fill the sendmmsg metadata, decrypt the datagram
+ * back (index, replay, open, inner length, source check), and offer it to a TCP coalescer. The
+ * keypair's receiver index is its own sender index, so each datagram decrypts on the same
+ * Datapath. `source` is the worker's own DatagramSource (only read, so its call sites stay
+ * monomorphic). Returns how many round trips gave the packet back intact (all of them, or a bug).
+ */
+export function warmWorkerPaths(aead: AeadBackend, mtu: number, source: DatagramSource, now: number,
+  rounds: number = WARMUP_ROUNDS): number {
+  warmRingPaths(rounds);
+  const stats = new Float64Array(new SharedArrayBuffer(PEER_RECORD_F64S * Float64Array.BYTES_PER_ELEMENT));
+  const datapath = new Datapath(aead, stats, mtu, noEffects);
+  const key = crypto.getRandomValues(new Uint8Array(32));
+  datapath.addPeer(SCRATCH_PEER);
+  datapath.setEndpoint(SCRATCH_PEER, source.toEndpoint());
+  datapath.installKeypair(SCRATCH_PEER, {
+    localIndex: SCRATCH_INDEX, remoteIndex: SCRATCH_INDEX, sendKey: key, receiveKey: key, isInitiator: true, createdAt: now,
+  });
+  datapath.routes.insert(V4_SOURCE, 32, SCRATCH_PEER);
+  datapath.routes.insert(V6_SOURCE, 128, SCRATCH_PEER);
+  const slab = Slab.create(1);
+  const payload = slab.payloadView(0);
+  const meta = new DatagramMeta(1);
+  const coalescer = new TcpCoalescer();
+  const peerOut = new Int32Array(1);
+  let intact = 0;
+  for (let round = 0; round < rounds; round++) {
+    const ipLength = PACKET_SIZES[round % PACKET_SIZES.length]!;
+    const version = (round >> 1) % 2 === 0 ? 4 : 6;
+    writeIpPacket(payload, SLOT_PLAINTEXT_OFFSET, ipLength, version);
+    const datagramLength = datapath.encrypt(SCRATCH_PEER, 0, payload, ipLength, now);
+    if (datagramLength <= 0) continue;
+    const endpoint = datapath.endpointOf(SCRATCH_PEER)!;
+    meta.setLength(0, datagramLength);
+    meta.setRemote(0, endpoint.family, endpoint.address, endpoint.port);
+    if (endpoint.localAddress === null) meta.clearLocal(0);
+    else meta.setLocal(0, endpoint.family, endpoint.localAddress, endpoint.localIfindex);
+    const length = datapath.decrypt(payload, datagramLength, source, now, peerOut);
+    if (length === ipLength && payload[SLOT_PLAINTEXT_OFFSET] === (version === 4 ? 0x45 : 0x60)) intact++;
+    if (length > 0 && !coalescer.add(payload, SLOT_PLAINTEXT_OFFSET, length) && coalescer.pending) coalescer.finish();
+  }
+  return intact;
+}
+
+/** The TUN reader's paths: slot traffic (warmRingPaths), the AllowedIPs lookup by destination and the slot header writes. Returns how many found the scratch peer. */
+export function warmTunReaderPaths(rounds: number = WARMUP_ROUNDS): number {
+  warmRingPaths(rounds);
+  const routes = new AllowedIps();
+  routes.insert(V4_DESTINATION, 32, SCRATCH_PEER);
+  routes.insert(V6_DESTINATION, 128, SCRATCH_PEER);
+  const slab = Slab.create(1);
+  const payload = slab.payloadView(0);
+  let found = 0;
+  for (let round = 0; round < rounds; round++) {
+    const version = round % 2 === 0 ? 4 : 6;
+    writeIpPacket(payload, SLOT_PLAINTEXT_OFFSET, PACKET_SIZES[0], version);
+    const peer = version === 4
+      ? routes.lookupV4(payload, SLOT_PLAINTEXT_OFFSET + 16)
+      : routes.lookupV6(payload, SLOT_PLAINTEXT_OFFSET + 24);
+    slab.setPayloadLength(0, PACKET_SIZES[0]);
+    slab.setPeerId(0, peer);
+    if (peer === SCRATCH_PEER) found++;
+  }
+  return found;
+}
+
+/**
+ * The UDP reader's paths: slot traffic (warmRingPaths), reading recvmmsg metadata into a slot and routing by receiver index.
+ * Returns how many scratch datagrams went to the shard their index names (all of them, or a bug).
+ */
+export function warmUdpReaderPaths(shardCount: number, rounds: number = WARMUP_ROUNDS): number {
+  warmRingPaths(rounds);
+  const slab = Slab.create(1);
+  const meta = new DatagramMeta(1);
+  meta.setLength(0, 32);
+  meta.setRemote(0, 4, V4_SOURCE, SCRATCH_PORT);
+  const payload = slab.payloadView(0);
+  payload[0] = 4;
+  let routed = 0;
+  for (let round = 0; round < rounds; round++) {
+    slab.setPayloadLength(0, meta.length(0));
+    slab.setRemote(0, meta.remoteFamily(0), meta.remotePort(0));
+    slab.setLocalIfindex(0, meta.localIfindex(0));
+    const remote = slab.remoteAddressView(0);
+    const local = slab.localAddressView(0);
+    for (let k = 0; k < 16; k++) {
+      remote[k] = meta.bytes[META_REMOTE_ADDRESS_BYTE + k]!;
+      local[k] = meta.localFamily(0) === 0 ? 0 : meta.bytes[META_LOCAL_ADDRESS_BYTE + k]!;
+    }
+    // The receiver index is little-endian at bytes 4..7 (whitepaper §5.4.6).
+    payload[4] = round & 0xff;
+    payload[5] = (round >> 8) & 0xff;
+    if (shardOfIndex(transportReceiverIndex(payload), shardCount) === round % shardCount) routed++;
+  }
+  return routed;
+}
+
+/**
+ * Every thread's slot traffic: allocate from a pool, publish into a ring and ring its doorbell
+ * (nobody sleeps on it, so no notify), pop a batch, hand the slot back through the return ring and
+ * reclaim it. Returns how many slots made the whole trip.
+ */
+export function warmRingPaths(rounds: number = WARMUP_ROUNDS): number {
+  const returnRing = Ring.create(4);
+  const pool = new SlotPool(Slab.create(2), [returnRing]);
+  const ring = Ring.create(4);
+  const doorbell = Doorbell.create();
+  const popped = new Uint32Array(4);
+  let trips = 0;
+  for (let round = 0; round < rounds; round++) {
+    pool.reclaim();
+    const slot = pool.allocate();
+    if (slot < 0 || !ring.push(slot)) continue;
+    doorbell.ring();
+    if (ring.freeSpace() > 0 && ring.popBatch(popped) === 1 && returnRing.push(popped[0]!)) trips++;
+  }
+  return trips;
+}
