@@ -57,8 +57,15 @@ let running = true;
 const pendingSlots = new Int32Array(BATCH * MAX_GRO_SEGMENTS);
 const pendingTargets = new Int32Array(BATCH * MAX_GRO_SEGMENTS);
 let pendingCount = 0;
-/** The slots of one GRO message's 2nd..nth datagrams, copied out before any of them is routed. */
-const segmentSlots = new Int32Array(MAX_GRO_SEGMENTS);
+/**
+ * A received batch whose dispatch stopped because the pool ran out of slots while splitting a GRO
+ * message: messages resumeAt .. batchEnd - 1 still wait in their armed slots (and their meta
+ * entries, which only the next receive overwrites), the first of them from datagram
+ * resumeSegment on. Nothing is received until it is done, so no datagram is lost or overtaken.
+ */
+let batchEnd = 0;
+let resumeAt = 0;
+let resumeSegment = 0;
 /**
  * ICE mode (set by the control thread's `relays` command): STUN goes to the control thread, and
  * ChannelData from these TURN servers that carries WireGuard data is unwrapped here.
@@ -145,7 +152,10 @@ let drained = false;
 
 /** Receives and dispatches one batch; returns how many datagrams, or -1 when nothing could be posted. */
 function receiveBatch(): number {
-  if (pendingCount > 0 && !flushPending()) return -1;
+  // Waiting slots go first (they are the oldest, and they hold slots the batch may be waiting for).
+  const flushed = pendingCount === 0 || flushPending();
+  if (batchEnd > 0 && !finishBatch()) return -1;
+  if (!flushed || pendingCount > 0) return -1;
   if (armedCount < BATCH) {
     fabric.pool.reclaim();
     rearm(0);
@@ -158,26 +168,43 @@ function receiveBatch(): number {
   if (asked === 0) return -1;
   const received = socket.recvBatch(armedViews, meta, asked);
   drained = received < asked;
-  for (let i = 0; i < received; i++) dispatch(i, armedSlots[i]!);
-  ringTouched();
-  if (received > 0) {
-    fabric.pool.reclaim();
-    rearm(received);
-  }
-  return received;
+  if (received === 0) return 0;
+  batchEnd = received;
+  resumeAt = 0;
+  resumeSegment = 0;
+  // Stalled for slots: come back soon rather than wait for the socket (it may stay quiet).
+  return finishBatch() ? received : -1;
 }
 
-function dispatch(i: number, slot: number): void {
+/** Dispatches the rest of the received batch; false when it had to stop for want of slots. */
+function finishBatch(): boolean {
+  for (; resumeAt < batchEnd; resumeAt++) {
+    if (!dispatch(resumeAt, armedSlots[resumeAt]!)) {
+      ringTouched();
+      return false;
+    }
+    resumeSegment = 0;
+  }
+  ringTouched();
+  fabric.pool.reclaim();
+  rearm(batchEnd);
+  batchEnd = 0;
+  return true;
+}
+
+/** Dispatches received message i; false when a GRO message could not be split all the way. */
+function dispatch(i: number, slot: number): boolean {
   const length = meta.length(i);
   if (meta.status(i) !== 0) {
     drops.truncated++;
     fabric.pool.release(slot);
-    return;
+    return true;
   }
   setAddresses(slot, i);
   const segmentSize = meta.segmentSize(i);
-  if (segmentSize > 0) dispatchSegments(slot, i, length, segmentSize);
-  else dispatchDatagram(slot, length);
+  if (segmentSize > 0) return dispatchSegments(slot, i, length, segmentSize);
+  dispatchDatagram(slot, length);
+  return true;
 }
 
 function setAddresses(slot: number, i: number): void {
@@ -202,33 +229,35 @@ function dispatchDatagram(slot: number, length: number): void {
 
 /**
  * A UDP GRO message (udp(7)): datagrams of `size` bytes back to back, the last one possibly
- * shorter, all from the same source to the same local address. The 2nd..nth are copied into
- * slots of their own first (once the first is routed, a worker may rewrite it in place), then
- * each is demultiplexed as if it had arrived alone, in order.
+ * shorter, all from the same source to the same local address. Each but the last is copied into
+ * a slot of its own and demultiplexed as if it had arrived alone, in order; the last one then
+ * moves to the start of the message's slot and goes the same way (the slot keeps the bytes not
+ * yet copied until then). Returns false, with resumeSegment set, when the pool ran dry.
  */
-function dispatchSegments(first: number, i: number, length: number, size: number): void {
-  const payload = slab.payloadView(first);
-  let count = Math.ceil(length / size);
-  if (count > MAX_GRO_SEGMENTS) {
-    drops.badSegments += count - MAX_GRO_SEGMENTS;
-    count = MAX_GRO_SEGMENTS;
-  }
-  let copied = 1;
-  for (; copied < count; copied++) {
-    const slot = fabric.pool.allocate();
-    if (slot < 0) {
-      drops.noFreeSlot += count - copied;
+function dispatchSegments(slot: number, i: number, length: number, size: number): boolean {
+  const base = slab.payloadView(slot).byteOffset;
+  let segment = resumeSegment;
+  for (; (segment + 1) * size < length; segment++) {
+    if (segment + 1 >= MAX_GRO_SEGMENTS) {
+      // More than the kernel ever coalesces: not trusted, the rest is dropped.
+      drops.badSegments += Math.ceil(length / size) - segment - 1;
       break;
     }
-    const start = copied * size;
-    const end = Math.min(start + size, length);
-    slabBytes.copyWithin(slab.payloadView(slot).byteOffset, payload.byteOffset + start, payload.byteOffset + end);
-    slab.setPayloadLength(slot, end - start);
-    setAddresses(slot, i);
-    segmentSlots[copied] = slot;
+    const copy = fabric.pool.allocate();
+    if (copy < 0) {
+      resumeSegment = segment;
+      return false;
+    }
+    const start = base + segment * size;
+    slabBytes.copyWithin(slab.payloadView(copy).byteOffset, start, start + size);
+    setAddresses(copy, i);
+    dispatchDatagram(copy, size);
   }
-  dispatchDatagram(first, size);
-  for (let k = 1; k < copied; k++) dispatchDatagram(segmentSlots[k]!, slab.payloadLength(segmentSlots[k]!));
+  const lastStart = segment * size;
+  const lastLength = Math.min(size, length - lastStart);
+  slabBytes.copyWithin(base, base + lastStart, base + lastStart + lastLength);
+  dispatchDatagram(slot, lastLength);
+  return true;
 }
 
 /**
