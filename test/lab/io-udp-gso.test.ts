@@ -176,7 +176,7 @@ for (const gro of [true, false]) {
 }
 
 test('the ZTGATE_UDP_GRO environment switch', () => {
-  assert.equal(groWantedByDefault({}), true);
+  assert.equal(groWantedByDefault({}), false);
   assert.equal(groWantedByDefault({ ZTGATE_UDP_GRO: '1' }), true);
   assert.equal(groWantedByDefault({ ZTGATE_UDP_GRO: '0' }), false);
 });

@@ -1,6 +1,6 @@
 // The offloaded packet path, byte for byte: TCP both ways at once (IPv4 and IPv6) and UDP
-// through a tunnel, with TUN offloads and UDP GSO on (the default) and forced off
-// (ZTGATE_TUN_OFFLOAD=0 ZTGATE_UDP_GSO=0), for every pairing of ZTGATE_LAB_IMPLS that runs ztgate.
+// through a tunnel, with TUN offloads, UDP GSO and UDP GRO on and forced off (ZTGATE_TUN_OFFLOAD,
+// ZTGATE_UDP_GSO, ZTGATE_UDP_GRO), for every pairing of ZTGATE_LAB_IMPLS that runs ztgate.
 // The payloads come from a keyed stream cipher, so any lost, duplicated, reordered or corrupted
 // byte changes the digest each end reports.
 
@@ -88,10 +88,11 @@ async function udpExact(server: Netns, client: Netns, address: string, port: num
 
 for (const mode of ['offloads on', 'offloads off'] as const) {
   labTest(`${mode}: TCP both ways at once and UDP arrive byte for byte, IPv4 and IPv6`, 180_000, async (lab, impls) => {
-    const saved = { tun: process.env['ZTGATE_TUN_OFFLOAD'], gso: process.env['ZTGATE_UDP_GSO'] };
-    // The daemons take their environment from this process when they start.
-    process.env['ZTGATE_TUN_OFFLOAD'] = mode === 'offloads on' ? '1' : '0';
-    process.env['ZTGATE_UDP_GSO'] = mode === 'offloads on' ? '1' : '0';
+    const switches = ['ZTGATE_TUN_OFFLOAD', 'ZTGATE_UDP_GSO', 'ZTGATE_UDP_GRO'] as const;
+    const saved = switches.map((key) => [key, process.env[key]] as const);
+    // The daemons take their environment from this process when they start. UDP GRO is off by
+    // default; "offloads on" turns it on here so its splitting is checked byte for byte too.
+    for (const key of switches) process.env[key] = mode === 'offloads on' ? '1' : '0';
     try {
       const { a, b } = await buildPair(lab, { implA: impls.a, implB: impls.b });
       await tcpBothWays(b.ns, a.ns, b.tunnelV4, 7001);
@@ -99,7 +100,7 @@ for (const mode of ['offloads on', 'offloads off'] as const) {
       await udpExact(b.ns, a.ns, b.tunnelV4, 7003);
       await udpExact(a.ns, b.ns, a.tunnelV6, 7004);
     } finally {
-      for (const [key, value] of [['ZTGATE_TUN_OFFLOAD', saved.tun], ['ZTGATE_UDP_GSO', saved.gso]] as const) {
+      for (const [key, value] of saved) {
         if (value === undefined) delete process.env[key];
         else process.env[key] = value;
       }
