@@ -101,6 +101,8 @@ export class Device {
   private uapi: UapiServer | null = null;
   private privateKey: Uint8Array | null = null;
   private fwmark = 0;
+  /** The UDP port bound now; it changes only through `rebind`, so it is kept rather than asked for. */
+  private boundPort: number;
   private underLoadUntil = 0;
   private tick: NodeJS.Timeout | null = null;
   private linkPoll: NodeJS.Timeout | null = null;
@@ -126,6 +128,7 @@ export class Device {
     // administrator brings it up.
     this.tun = Tun.open(options.interfaceName, { queues: 1, mtu: DEFAULT_MTU, up: false, offload: tunOffloadWantedByDefault() });
     this.socket = UdpSocket.open(0);
+    this.boundPort = this.socket.port();
     this.fabric = createFabric({ workerCount: options.workers });
     this.control = attachControl(this.fabric);
     this.workerDoorbells = this.fabric.workerDoorbells.map((buffer) => new Doorbell(buffer));
@@ -155,7 +158,7 @@ export class Device {
     device.tick = setInterval(() => device.onTick(), TICK_MS);
     device.linkPoll = setInterval(() => device.pollLink(), LINK_POLL_MS);
     void device.serveHandshakes();
-    device.log.info({ interface: options.interfaceName, workers: options.workers, port: device.socket.port() }, 'device up');
+    device.log.info({ interface: options.interfaceName, workers: options.workers, port: device.boundPort }, 'device up');
     return device;
   }
 
@@ -175,7 +178,7 @@ export class Device {
         allowedIps: this.routes.entriesOf(peer.id),
       };
     });
-    return { privateKey: this.privateKey, listenPort: this.socket.port(), fwmark: this.fwmark, peers };
+    return { privateKey: this.privateKey, listenPort: this.boundPort, fwmark: this.fwmark, peers };
   }
 
   /** Applies validated operations in order (wireguard-go's semantics); routes go out in one batch. */
@@ -208,7 +211,7 @@ export class Device {
 
   private rebind(port: number): void {
     try {
-      this.socket.rebind(port);
+      this.boundPort = this.socket.rebind(port);
       // The UDP reader's poll(2) still holds the old socket: wake it so the old port is released.
       signalEventFd(this.readerWakeFds[1]);
     } catch (error) {
@@ -312,7 +315,7 @@ export class Device {
 
   private startIce(options: IceModeOptions): void {
     if (options.listenPort !== 0) this.rebind(options.listenPort);
-    const port = this.socket.port();
+    const port = this.boundPort;
     const hostAddresses = Object.values(networkInterfaces())
       .flat()
       .filter((info) => info !== undefined && !info.internal && !(info.family === 'IPv6' && info.address.startsWith('fe80')))
@@ -361,7 +364,7 @@ export class Device {
     if (ice === null) return;
     const now = monotonicNow();
     for (let t = ice.pollTransmit(); t !== undefined; t = ice.pollTransmit()) {
-      this.log.debug({ to: t.to, bytes: t.bytes.length }, 'ice: transmit');
+      if (this.log.isLevelEnabled('debug')) this.log.debug({ to: t.to, bytes: t.bytes.length }, 'ice: transmit');
       this.transmit(endpointFromTransport(t.to), t.bytes);
     }
     for (let e = ice.pollEvent(); e !== undefined; e = ice.pollEvent()) {
@@ -542,9 +545,10 @@ export class Device {
         const length = slab.payloadLength(slot);
         if (this.ice !== null && !isWireGuardHandshake(payload, length)) {
           // The local side: the address it arrived on (pktinfo) at our socket's port.
-          const arrivedOn = from.localAddress === null ? null : transportFromEndpoint({ ...from, address: from.localAddress, port: this.socket.port() });
-          const accepted = this.ice.handleDatagram(payload.slice(0, length), transportFromEndpoint(from), arrivedOn, now);
-          this.log.debug({ from: transportFromEndpoint(from), arrivedOn, bytes: length, accepted }, 'ice: datagram');
+          const arrivedOn = from.localAddress === null ? null : transportFromEndpoint({ ...from, address: from.localAddress, port: this.boundPort });
+          const source = transportFromEndpoint(from);
+          const accepted = this.ice.handleDatagram(payload.slice(0, length), source, arrivedOn, now);
+          if (this.log.isLevelEnabled('debug')) this.log.debug({ from: source, arrivedOn, bytes: length, accepted }, 'ice: datagram');
           returnSlot(link, slot);
           this.pumpIce();
           continue;
