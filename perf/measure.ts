@@ -86,6 +86,28 @@ export function parseUdpErrors(snmp: string, snmp6 = ''): UdpErrorCounters {
   };
 }
 
+/**
+ * The drops of the sockets whose inodes are given, summed from /proc/net/udp or /proc/net/udp6
+ * text: the kernel counts there, per socket, every datagram it could not queue (a full receive
+ * buffer, a failed checksum). Unlike the namespace-wide RcvbufErrors, this is one process's own
+ * sockets, not iperf3's.
+ */
+export function parseSocketDrops(table: string, inodes: ReadonlySet<number>): number {
+  const lines = table.split('\n');
+  const columns = lines[0]?.trim().split(/\s+/) ?? [];
+  // The header names "tx_queue rx_queue" and "tr tm->when" as two columns each but their values
+  // are one field each ("00000000:00000000"), so count the inode and drops fields from the end.
+  if (columns.at(-1) !== 'drops' || !columns.includes('inode')) throw new Error('compare: unreadable /proc/net/udp header');
+  let drops = 0;
+  for (const line of lines.slice(1)) {
+    const fields = line.trim().split(/\s+/);
+    if (fields.length < 4) continue;
+    const inode = Number(fields.at(-4));
+    if (inodes.has(inode)) drops += Number(fields.at(-1));
+  }
+  return drops;
+}
+
 /** User + system CPU time in clock ticks from /proc/PID/stat (fields 14 and 15). */
 export function parseCpuTicks(stat: string): number {
   // The command name (field 2) may contain spaces and parentheses: count from the last ')'.

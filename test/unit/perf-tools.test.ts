@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fold, frameName, parsePerfScript, renderFlameGraph, samplesByRoot, topFrames } from '../../perf/flame.ts';
-import { parseCpuTicks, parseUdpErrors, searchHighestRate, warningsIn } from '../../perf/measure.ts';
+import { parseCpuTicks, parseSocketDrops, parseUdpErrors, searchHighestRate, warningsIn } from '../../perf/measure.ts';
 import type { RateTrial } from '../../perf/measure.ts';
 
 const SCRIPT = [
@@ -146,4 +146,18 @@ test('warningsIn keeps pino records at level 40 and above, ignoring other output
     '{"msg":"no level"}',
   ].join('\n');
   assert.deepEqual(warningsIn(output), [{ level: 40, msg: 'link watcher failed' }, { level: 50, msg: 'fatal-ish' }]);
+});
+
+test('parseSocketDrops sums the drops column of the given socket inodes only', () => {
+  const table = [
+    '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops            ',
+    '  12: 00000000:B9FF 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1320286 2 000000008bb69120 5',
+    '  13: 00000000:1F90 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1320290 2 000000008bb69999 40',
+    '  14: 00000000:1F91 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 77 2 000000008bb69aaa 3',
+    '',
+  ].join('\n');
+  assert.equal(parseSocketDrops(table, new Set([1320286, 77])), 8);
+  assert.equal(parseSocketDrops(table, new Set([1320290])), 40);
+  assert.equal(parseSocketDrops(table, new Set()), 0);
+  assert.throws(() => parseSocketDrops('sl local_address\n', new Set([1])), /unreadable/);
 });
