@@ -250,8 +250,19 @@ export function datapathCases(): BenchCase[] {
  * every collection during it freed (v8.GCProfiler reports each one's before and after), so a
  * scavenge in the middle cannot hide anything. The cost of the measurement itself is taken from
  * an empty chunk and subtracted.
+ *
+ * Besides the mean, the median chunk and how many chunks grew at all: an allocation per packet
+ * grows every chunk (by at least BATCH × 8 bytes), while V8 compiling a hotter tier of the code
+ * now and then grows a few chunks, which the mean alone cannot tell apart.
  */
-function bytesPerCall(total: number, step: (j: number) => void, prepare: () => void): number {
+interface AllocationResult {
+  readonly meanBytes: number;
+  readonly medianChunkBytes: number;
+  readonly chunksGrown: number;
+  readonly chunks: number;
+}
+
+function bytesPerCall(total: number, step: (j: number) => void, prepare: () => void): AllocationResult {
   const measureChunk = (body: (j: number) => void): number => {
     const profiler = new GCProfiler();
     profiler.start();
@@ -272,14 +283,19 @@ function bytesPerCall(total: number, step: (j: number) => void, prepare: () => v
     prepare();
     measureChunk(step);
   }
-  let bytes = 0;
-  let calls = 0;
-  while (calls < total) {
+  const perChunk: number[] = [];
+  while (perChunk.length * BATCH < total) {
     prepare();
-    bytes += measureChunk(step) - overhead;
-    calls += BATCH;
+    perChunk.push(Math.max(0, measureChunk(step) - overhead));
   }
-  return Math.max(0, bytes / calls);
+  const sorted = [...perChunk].sort((x, y) => x - y);
+  const bytes = perChunk.reduce((sum, b) => sum + b, 0);
+  return {
+    meanBytes: bytes / (perChunk.length * BATCH),
+    medianChunkBytes: sorted[sorted.length >> 1]!,
+    chunksGrown: perChunk.filter((b) => b > 0).length,
+    chunks: perChunk.length,
+  };
 }
 
 /** Rows of heap bytes per packet on the encrypt and decrypt paths over `packets` packets each. */
@@ -296,7 +312,8 @@ export function allocationRows(packets: number): Row[] {
       rows.push({
         group: 'allocations', name: `${name} ${size} B, ${(packets / 1e6).toFixed(1)} M packets`, unit: 'packet',
         microsPerOp: NaN, opsPerSecond: NaN, rmePercent: NaN,
-        note: `${result.toFixed(1)} heap bytes/packet (goal 0)`,
+        note: `${result.meanBytes.toFixed(1)} heap bytes/packet (goal 0); median chunk ${result.medianChunkBytes} B, ` +
+          `${result.chunksGrown} of ${result.chunks} chunks grew`,
       });
     }
   }
