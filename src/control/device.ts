@@ -45,6 +45,8 @@ const THREAD_STOP_TIMEOUT_MS = 2_000;
  * maximum (tens of MB of resident memory per thread, kept afterwards). A small cap bounds that.
  */
 const PACKET_THREAD_YOUNG_GENERATION_MB = 4;
+/** The all-zero key of every peer without one, shared: keys are only ever read, never wiped. */
+const NO_PRESHARED_KEY = zeroPresharedKey();
 
 export interface DeviceOptions {
   readonly interfaceName: string;
@@ -251,8 +253,9 @@ export class Device {
     if (own !== null && keyToHex(own) === hex) return;
     if (peer === undefined) peer = this.addPeer(op.publicKey);
     if (op.presharedKey !== undefined) {
-      peer.presharedKey = op.presharedKey;
-      this.engine.setPresharedKey(peer.id, op.presharedKey === null ? zeroPresharedKey() : toPresharedKey(op.presharedKey));
+      const presharedKey = op.presharedKey === null ? null : toPresharedKey(op.presharedKey);
+      peer.presharedKey = presharedKey;
+      this.engine.setPresharedKey(peer.id, presharedKey ?? NO_PRESHARED_KEY);
     }
     if (op.endpoint !== undefined) {
       const endpoint: Endpoint = { family: op.endpoint.family, address: op.endpoint.address, port: op.endpoint.port, localAddress: null, localIfindex: 0 };
@@ -286,11 +289,13 @@ export class Device {
       throw new UapiError(UAPI_ERRNO.unknown, 'uapi: the peer table is full');
     }
     if (id === this.nextPeerId) this.nextPeerId++;
-    const peer: DevicePeer = { id, publicKey: publicKey.slice(), presharedKey: null, endpoint: null, persistentKeepalive: 0, lastHandshakeWallMs: 0 };
+    // One copy of the key, shared with the engine (every small typed array costs a few hundred bytes).
+    const key = toPublicKey(publicKey);
+    const peer: DevicePeer = { id, publicKey: key, presharedKey: null, endpoint: null, persistentKeepalive: 0, lastHandshakeWallMs: 0 };
     this.stats.fill(0, id * PEER_RECORD_F64S, (id + 1) * PEER_RECORD_F64S);
     this.peers.set(keyToHex(publicKey), peer);
     this.peersById.set(id, peer);
-    this.engine.addPeer(id, this.shardOf(id), toPublicKey(peer.publicKey), zeroPresharedKey());
+    this.engine.addPeer(id, this.shardOf(id), key, NO_PRESHARED_KEY);
     this.sendToWorker(id, { kind: 'addPeer', peer: id });
     return peer;
   }
