@@ -187,6 +187,9 @@ export class Device {
   apply(operations: readonly SetOperation[]): void {
     const now = monotonicNow();
     const routeChanges = new RouteChangeBatch();
+    let inserts = 0;
+    for (const op of operations) if (op.kind === 'peer') for (const change of op.allowedIps) if (!change.remove) inserts++;
+    this.routes.expectInsertions(inserts);
     // A port that cannot be bound fails the request before anything else changes.
     for (const op of operations) if (op.kind === 'listenPort') this.rebind(op.port);
     for (const op of operations) {
