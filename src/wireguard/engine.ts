@@ -87,8 +87,14 @@ interface EnginePeer {
   readonly shard: number;
   readonly publicKey: PublicKey;
   presharedKey: PresharedKey;
-  crypto: PeerCrypto | null;
-  readonly cookies: CookieGenerator;
+  /**
+   * Derived on first use (see cryptoOf), undefined until then; null when the key can never
+   * handshake. With ten thousand configured peers, most never handshake: deriving up front cost a
+   * Curve25519 operation and two small key arrays per peer.
+   */
+  crypto: PeerCrypto | null | undefined;
+  /** Made on first use (see cookiesOf), for the same reason. */
+  cookies: CookieGenerator | null;
   readonly timers: PeerTimers;
   endpoint: Endpoint | null;
   pending: { readonly state: InitiatorState; readonly localIndex: number } | null;
@@ -143,7 +149,7 @@ export class WireGuardEngine {
     this.identity = privateKey === null ? null : { privateKey, publicKey: publicKeyOf(privateKey) };
     this.checker = this.identity === null ? null : new CookieChecker(this.identity.publicKey);
     for (const peer of this.peers.values()) {
-      peer.crypto = this.deriveCrypto(peer.publicKey, peer.presharedKey);
+      peer.crypto = undefined;
       this.forgetSessions(peer);
     }
   }
@@ -155,8 +161,8 @@ export class WireGuardEngine {
       shard,
       publicKey,
       presharedKey,
-      crypto: this.deriveCrypto(publicKey, presharedKey),
-      cookies: new CookieGenerator(publicKey),
+      crypto: undefined,
+      cookies: null,
       timers: new PeerTimers(this.options.random),
       endpoint: null,
       pending: null,
@@ -190,7 +196,7 @@ export class WireGuardEngine {
   setPresharedKey(id: number, presharedKey: PresharedKey): void {
     const peer = this.requirePeer(id);
     peer.presharedKey = presharedKey;
-    peer.crypto = this.deriveCrypto(peer.publicKey, presharedKey);
+    peer.crypto = undefined;
   }
 
   setEndpoint(id: number, endpoint: Endpoint): void {
@@ -326,15 +332,16 @@ export class WireGuardEngine {
       peer.timers.handshakeAttempts = 0;
     }
     const identity = this.identity;
-    if (identity === null || peer.crypto === null) return;
+    const crypto = identity === null ? null : this.cryptoOf(peer);
+    if (identity === null || crypto === null) return;
     peer.lastInitiationSentAt = now;
     this.dropPending(peer);
     const localIndex = this.indexes.allocate(peer.shard, this.options.shardCount, { peer: peer.id }, this.randomU32);
     const message = new Uint8Array(MESSAGE_INITIATION_SIZE);
     const timestamp = new Uint8Array(12);
     tai64nNow(this.options.wallClock(), timestamp);
-    const state = createInitiation(identity, peer.crypto, localIndex, timestamp, message);
-    peer.cookies.addMacs(message, MESSAGE_INITIATION_SIZE, now);
+    const state = createInitiation(identity, crypto, localIndex, timestamp, message);
+    this.cookiesOf(peer).addMacs(message, MESSAGE_INITIATION_SIZE, now);
     peer.pending = { state, localIndex };
     peer.timers.onAnyAuthenticatedPacketTraversal(now);
     peer.timers.onAnyAuthenticatedPacketSent();
@@ -345,13 +352,17 @@ export class WireGuardEngine {
   private handleInitiation(buf: Uint8Array, len: number, from: Endpoint, now: number, underLoad: boolean): void {
     const identity = this.admit(buf, len, from, now, underLoad);
     if (identity === null) return;
-    const consumed = consumeInitiation(identity, buf, (key) => this.peersByKey.get(keyToHex(key))?.crypto ?? undefined);
+    const consumed = consumeInitiation(identity, buf, (key) => {
+      const candidate = this.peersByKey.get(keyToHex(key));
+      return candidate === undefined ? undefined : this.cryptoOf(candidate) ?? undefined;
+    });
     if (consumed === null) {
       this.drops.badInitiation++;
       return;
     }
     const peer = this.peersByKey.get(keyToHex(consumed.remoteStatic));
-    if (peer === undefined || peer.crypto === null) {
+    const crypto = peer === undefined ? null : this.cryptoOf(peer);
+    if (peer === undefined || crypto === null) {
       this.drops.badInitiation++;
       return;
     }
@@ -372,8 +383,8 @@ export class WireGuardEngine {
 
     const localIndex = this.indexes.allocate(peer.shard, this.options.shardCount, { peer: peer.id }, this.randomU32);
     const response = new Uint8Array(MESSAGE_RESPONSE_SIZE);
-    const keys = createResponse(consumed, peer.crypto, localIndex, response);
-    peer.cookies.addMacs(response, MESSAGE_RESPONSE_SIZE, now);
+    const keys = createResponse(consumed, crypto, localIndex, response);
+    this.cookiesOf(peer).addMacs(response, MESSAGE_RESPONSE_SIZE, now);
     this.rememberSession(peer, localIndex);
     this.events.push({
       kind: 'installKeypair',
@@ -397,11 +408,12 @@ export class WireGuardEngine {
     const identity = this.admit(buf, len, from, now, underLoad);
     if (identity === null) return;
     const peer = this.pendingPeerFor(readU32LE(buf, 8));
-    if (peer === undefined || peer.pending === null || peer.crypto === null) {
+    const crypto = peer === undefined ? null : this.cryptoOf(peer);
+    if (peer === undefined || peer.pending === null || crypto === null) {
       this.drops.unknownIndex++;
       return;
     }
-    const result = consumeResponse(peer.pending.state, identity, peer.crypto, buf);
+    const result = consumeResponse(peer.pending.state, identity, crypto, buf);
     if (result === null) {
       this.drops.badResponse++;
       return;
@@ -459,7 +471,7 @@ export class WireGuardEngine {
       this.drops.unknownIndex++;
       return;
     }
-    if (!peer.cookies.consumeReply(buf, len, now)) this.drops.badCookieReply++;
+    if (!this.cookiesOf(peer).consumeReply(buf, len, now)) this.drops.badCookieReply++;
   }
 
   private sendCookieReply(checker: CookieChecker, buf: Uint8Array, len: number, senderIndex: number, to: Endpoint, now: number): void {
@@ -511,10 +523,24 @@ export class WireGuardEngine {
     peer.sessionIndexes.length = 0;
   }
 
-  private deriveCrypto(publicKey: PublicKey, presharedKey: PresharedKey): PeerCrypto | null {
-    if (this.identity === null) return null;
+  /** The peer's handshake precomputation (whitepaper §5.4.2), derived when first needed. */
+  private cryptoOf(peer: EnginePeer): PeerCrypto | null {
+    if (peer.crypto === undefined) {
+      // Without a private key there is nothing to derive yet; setPrivateKey resets it to undefined.
+      if (this.identity === null) return null;
+      peer.crypto = this.deriveCrypto(this.identity, peer.publicKey, peer.presharedKey);
+    }
+    return peer.crypto;
+  }
+
+  private cookiesOf(peer: EnginePeer): CookieGenerator {
+    peer.cookies ??= new CookieGenerator(peer.publicKey);
+    return peer.cookies;
+  }
+
+  private deriveCrypto(identity: LocalIdentity, publicKey: PublicKey, presharedKey: PresharedKey): PeerCrypto | null {
     try {
-      return peerCrypto(this.identity, publicKey, presharedKey);
+      return peerCrypto(identity, publicKey, presharedKey);
     } catch {
       // A public key whose DH with ours is all zeros (a low-order point) can never handshake.
       return null;
