@@ -31,7 +31,7 @@ import {
 } from './noise.ts';
 import type { KeypairMaterial } from './session.ts';
 import { compareTimestamps, tai64nNow } from './tai64n.ts';
-import { MAX_HANDSHAKE_ATTEMPTS, PeerTimers, type TimerExpiry } from './timers.ts';
+import { MAX_HANDSHAKE_ATTEMPTS, TimerTable, type PeerTimers, type TimerExpiry } from './timers.ts';
 
 /** What the control thread must tell the worker that owns `peer`. */
 export type EngineEvent =
@@ -133,9 +133,12 @@ export class WireGuardEngine {
     badCookieReply: 0,
   };
   private readonly options: EngineOptions;
+  /** Every peer's timers (whitepaper §6), by peer id. */
+  private readonly timers: TimerTable;
 
   constructor(options: EngineOptions) {
     this.options = options;
+    this.timers = new TimerTable(options.random);
   }
 
   // ---- configuration -------------------------------------------------------------------------
@@ -163,7 +166,7 @@ export class WireGuardEngine {
       presharedKey,
       crypto: undefined,
       cookies: null,
-      timers: new PeerTimers(this.options.random),
+      timers: this.timers.forPeer(id),
       endpoint: null,
       pending: null,
       lastInitiationSentAt: Number.NEGATIVE_INFINITY,
