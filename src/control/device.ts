@@ -183,15 +183,23 @@ export class Device {
     return { privateKey: this.privateKey, listenPort: this.boundPort, fwmark: this.fwmark, peers };
   }
 
-  /** Applies validated operations in order (wireguard-go's semantics); routes go out in one batch. */
-  apply(operations: readonly SetOperation[]): void {
+  /**
+   * Applies operations in order (wireguard-go's semantics); routes go out in one batch. They are
+   * iterated twice (see UapiHandler): first to the end, which parses and validates the whole
+   * request, then to apply them.
+   */
+  apply(operations: Iterable<SetOperation>): void {
     const now = monotonicNow();
-    const routeChanges = new RouteChangeBatch();
+    const ports: number[] = [];
     let inserts = 0;
-    for (const op of operations) if (op.kind === 'peer') for (const change of op.allowedIps) if (!change.remove) inserts++;
-    this.routes.expectInsertions(inserts);
+    for (const op of operations) {
+      if (op.kind === 'listenPort') ports.push(op.port);
+      else if (op.kind === 'peer') for (const change of op.allowedIps) if (!change.remove) inserts++;
+    }
     // A port that cannot be bound fails the request before anything else changes.
-    for (const op of operations) if (op.kind === 'listenPort') this.rebind(op.port);
+    for (const port of ports) this.rebind(port);
+    this.routes.expectInsertions(inserts);
+    const routeChanges = new RouteChangeBatch();
     for (const op of operations) {
       switch (op.kind) {
         case 'privateKey':
