@@ -19,7 +19,7 @@ import { DEFAULT_MTU, UNDER_LOAD_AFTER_TIME_MS } from '../wireguard/constants.ts
 import { WireGuardEngine, type EngineEvent } from '../wireguard/engine.ts';
 import { formatEndpoint, type Endpoint } from '../wireguard/endpoint.ts';
 import { isZeroKey, keyToHex, toPresharedKey, toPrivateKey, toPublicKey, zeroPresharedKey } from '../wireguard/keys.ts';
-import { UAPI_ERRNO, UapiError, type DeviceSnapshot, type PeerOperation, type SetOperation } from '../uapi/protocol.ts';
+import { UAPI_ERRNO, UapiError, type DeviceSnapshot, type PeerOperation, type PeerSnapshot, type SetOperation } from '../uapi/protocol.ts';
 import { listenUapi, type UapiServer } from '../uapi/server.ts';
 import type { IceCredentials, IceRole } from '../ice/agent.ts';
 import { transportAddress, type TransportAddress } from '../ice/address.ts';
@@ -167,9 +167,14 @@ export class Device {
   // ---- UAPI --------------------------------------------------------------------------------------
 
   snapshot(): DeviceSnapshot {
-    const peers = [...this.peersById.values()].map((peer) => {
+    return { privateKey: this.privateKey, listenPort: this.boundPort, fwmark: this.fwmark, peers: this.peerSnapshots() };
+  }
+
+  /** One peer at a time, as the reply is formatted: with many peers, all at once would be megabytes. */
+  private *peerSnapshots(): Generator<PeerSnapshot, void, undefined> {
+    for (const peer of this.peersById.values()) {
       const record = peer.id * PEER_RECORD_F64S;
-      return {
+      yield {
         publicKey: peer.publicKey,
         presharedKey: peer.presharedKey,
         endpoint: peer.endpoint === null ? null : formatEndpoint(peer.endpoint),
@@ -179,8 +184,7 @@ export class Device {
         persistentKeepalive: peer.persistentKeepalive,
         allowedIps: this.routes.entriesOf(peer.id),
       };
-    });
-    return { privateKey: this.privateKey, listenPort: this.boundPort, fwmark: this.fwmark, peers };
+    }
   }
 
   /**

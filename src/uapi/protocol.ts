@@ -102,7 +102,8 @@ export interface DeviceSnapshot {
   /** 0 when not bound (the line is then left out, as wireguard-go does). */
   readonly listenPort: number;
   readonly fwmark: number;
-  readonly peers: readonly PeerSnapshot[];
+  /** Iterated once, by formatGet; a device may produce them lazily, one at a time. */
+  readonly peers: Iterable<PeerSnapshot>;
 }
 
 export interface PeerSnapshot {
@@ -431,39 +432,52 @@ const NS_PER_MS = 1_000_000;
  * @throws RangeError for a snapshot that cannot be serialized (bad key length, counters, ports).
  */
 export function formatGet(snapshot: DeviceSnapshot): string {
-  const lines: string[] = [];
+  const head: string[] = [];
   if (snapshot.privateKey !== null && !isZero(checkKey(snapshot.privateKey, 'privateKey'))) {
-    lines.push(`private_key=${toHex(snapshot.privateKey)}`);
+    head.push(`private_key=${toHex(snapshot.privateKey)}`);
   }
   const listenPort = checkInteger(snapshot.listenPort, MAX_PORT, 'listenPort');
-  if (listenPort !== 0) lines.push(`listen_port=${listenPort}`);
+  if (listenPort !== 0) head.push(`listen_port=${listenPort}`);
   const fwmark = checkInteger(snapshot.fwmark, MAX_FWMARK, 'fwmark');
-  if (fwmark !== 0) lines.push(`fwmark=${fwmark}`);
+  if (fwmark !== 0) head.push(`fwmark=${fwmark}`);
+  head.push('');
+  // One flat string per peer rather than one array of every line: with ten thousand peers the
+  // lines (and the snapshots they come from) would all be alive at once, long enough to be
+  // promoted to the old generation, where they stayed as tens of MB of garbage after each `wg show`.
+  const parts = [head.join('\n')];
+  const lines: string[] = [];
   for (const peer of snapshot.peers) {
-    lines.push(`public_key=${toHex(checkKey(peer.publicKey, 'publicKey'))}`);
-    const presharedKey = peer.presharedKey === null ? new Uint8Array(KEY_SIZE) : peer.presharedKey;
-    lines.push(`preshared_key=${toHex(checkKey(presharedKey, 'presharedKey'))}`);
-    lines.push('protocol_version=1');
-    if (peer.endpoint !== null) {
-      if (/[\n=]/.test(peer.endpoint)) throw new RangeError('uapi: endpoint text must not contain "\\n" or "="');
-      lines.push(`endpoint=${peer.endpoint}`);
-    }
-    const handshakeMs = peer.lastHandshakeMs;
-    if (!Number.isFinite(handshakeMs) || handshakeMs < 0) {
-      throw new RangeError(`uapi: lastHandshakeMs must be a non-negative number, got ${handshakeMs}`);
-    }
-    const seconds = Math.floor(handshakeMs / 1000);
-    lines.push(`last_handshake_time_sec=${seconds}`);
-    lines.push(`last_handshake_time_nsec=${Math.floor((handshakeMs - seconds * 1000) * NS_PER_MS)}`);
-    lines.push(`tx_bytes=${checkInteger(peer.txBytes, Number.MAX_SAFE_INTEGER, 'txBytes')}`);
-    lines.push(`rx_bytes=${checkInteger(peer.rxBytes, Number.MAX_SAFE_INTEGER, 'rxBytes')}`);
-    lines.push(
-      `persistent_keepalive_interval=${checkInteger(peer.persistentKeepalive, MAX_KEEPALIVE, 'persistentKeepalive')}`,
-    );
-    for (const cidr of peer.allowedIps) lines.push(`allowed_ip=${formatPrefix(cidr)}`);
+    lines.length = 0;
+    formatPeer(peer, lines);
+    lines.push('');
+    parts.push(lines.join('\n'));
   }
-  lines.push('errno=0', '', '');
-  return lines.join('\n');
+  parts.push('errno=0\n\n');
+  return parts.join('');
+}
+
+function formatPeer(peer: PeerSnapshot, lines: string[]): void {
+  lines.push(`public_key=${toHex(checkKey(peer.publicKey, 'publicKey'))}`);
+  const presharedKey = peer.presharedKey === null ? new Uint8Array(KEY_SIZE) : peer.presharedKey;
+  lines.push(`preshared_key=${toHex(checkKey(presharedKey, 'presharedKey'))}`);
+  lines.push('protocol_version=1');
+  if (peer.endpoint !== null) {
+    if (/[\n=]/.test(peer.endpoint)) throw new RangeError('uapi: endpoint text must not contain "\\n" or "="');
+    lines.push(`endpoint=${peer.endpoint}`);
+  }
+  const handshakeMs = peer.lastHandshakeMs;
+  if (!Number.isFinite(handshakeMs) || handshakeMs < 0) {
+    throw new RangeError(`uapi: lastHandshakeMs must be a non-negative number, got ${handshakeMs}`);
+  }
+  const seconds = Math.floor(handshakeMs / 1000);
+  lines.push(`last_handshake_time_sec=${seconds}`);
+  lines.push(`last_handshake_time_nsec=${Math.floor((handshakeMs - seconds * 1000) * NS_PER_MS)}`);
+  lines.push(`tx_bytes=${checkInteger(peer.txBytes, Number.MAX_SAFE_INTEGER, 'txBytes')}`);
+  lines.push(`rx_bytes=${checkInteger(peer.rxBytes, Number.MAX_SAFE_INTEGER, 'rxBytes')}`);
+  lines.push(
+    `persistent_keepalive_interval=${checkInteger(peer.persistentKeepalive, MAX_KEEPALIVE, 'persistentKeepalive')}`,
+  );
+  for (const cidr of peer.allowedIps) lines.push(`allowed_ip=${formatPrefix(cidr)}`);
 }
 
 /** The reply to a `set=1` (or a failed request): `errno=N` and the blank line. */
