@@ -18,7 +18,7 @@ import { AllowedIps } from '../wireguard/allowedips.ts';
 import { DEFAULT_MTU, UNDER_LOAD_AFTER_TIME_MS } from '../wireguard/constants.ts';
 import { WireGuardEngine, type EngineEvent } from '../wireguard/engine.ts';
 import { formatEndpoint, type Endpoint } from '../wireguard/endpoint.ts';
-import { isZeroKey, keyToHex, toPresharedKey, toPrivateKey, toPublicKey, zeroPresharedKey } from '../wireguard/keys.ts';
+import { isZeroKey, toPresharedKey, toPrivateKey, toPublicKey, zeroPresharedKey } from '../wireguard/keys.ts';
 import { UAPI_ERRNO, UapiError, type DeviceSnapshot, type PeerOperation, type PeerSnapshot, type SetOperation } from '../uapi/protocol.ts';
 import { listenUapi, type UapiServer } from '../uapi/server.ts';
 import type { IceCredentials, IceRole } from '../ice/agent.ts';
@@ -84,7 +84,7 @@ export class Device {
   private readonly control: ControlEnd;
   private readonly engine: WireGuardEngine;
   private readonly routes = new AllowedIps();
-  private readonly peers = new Map<string, DevicePeer>();
+  /** By peer id; the engine finds a peer's id from its public key (one map by key, not two). */
   private readonly peersById = new Map<number, DevicePeer>();
   /** Peer ids handed out so far are below this; `freePeerIds` holds the ones given back since. */
   private nextPeerId = 0;
@@ -251,21 +251,20 @@ export class Device {
     // A peer whose public key is now our own can never be talked to (wireguard-go removes it).
     const own = this.engine.publicKey;
     if (own !== null) {
-      const twin = this.peers.get(keyToHex(own));
+      const twin = this.peerWithKey(own);
       if (twin !== undefined) this.removePeer(twin, routeChanges);
     }
   }
 
   private applyPeer(op: PeerOperation, now: number, routeChanges: RouteChangeBatch): void {
-    const hex = keyToHex(op.publicKey);
-    let peer = this.peers.get(hex);
+    let peer = this.peerWithKey(op.publicKey);
     if (op.remove) {
       if (peer !== undefined) this.removePeer(peer, routeChanges);
       return;
     }
     if (peer === undefined && op.updateOnly) return;
     const own = this.engine.publicKey;
-    if (own !== null && keyToHex(own) === hex) return;
+    if (own !== null && keysEqual(own, op.publicKey)) return;
     if (peer === undefined) peer = this.addPeer(op.publicKey);
     if (op.presharedKey !== undefined) {
       const presharedKey = op.presharedKey === null ? null : toPresharedKey(op.presharedKey);
@@ -308,7 +307,6 @@ export class Device {
     const key = toPublicKey(publicKey);
     const peer: DevicePeer = { id, publicKey: key, presharedKey: null, endpoint: null, persistentKeepalive: 0, lastHandshakeWallMs: 0 };
     this.stats.fill(0, id * PEER_RECORD_F64S, (id + 1) * PEER_RECORD_F64S);
-    this.peers.set(keyToHex(publicKey), peer);
     this.peersById.set(id, peer);
     this.engine.addPeer(id, this.shardOf(id), key, NO_PRESHARED_KEY);
     this.sendToWorker(id, { kind: 'addPeer', peer: id });
@@ -320,9 +318,13 @@ export class Device {
     this.routes.removePeer(peer.id);
     routeChanges.removePeer(peer.id);
     this.sendToWorker(peer.id, { kind: 'removePeer', peer: peer.id });
-    this.peers.delete(keyToHex(peer.publicKey));
     this.peersById.delete(peer.id);
     this.freePeerIds.push(peer.id);
+  }
+
+  private peerWithKey(publicKey: Uint8Array): DevicePeer | undefined {
+    const id = this.engine.peerIdOf(publicKey);
+    return id === undefined ? undefined : this.peersById.get(id);
   }
 
   private setPeerEndpoint(peer: DevicePeer, endpoint: Endpoint): void {
@@ -353,7 +355,7 @@ export class Device {
   connect(publicKey: Uint8Array, allowedIps: readonly { bytes: Uint8Array; prefixLength: number }[], role: IceRole, remote: IceCredentials | null): { peer: number; credentials: IceCredentials } {
     const ice = this.requireIce();
     this.apply([{ kind: 'peer', publicKey, updateOnly: false, remove: false, replaceAllowedIps: true, allowedIps: allowedIps.map((cidr) => ({ ...cidr, remove: false })) }]);
-    const peer = this.peers.get(keyToHex(publicKey));
+    const peer = this.peerWithKey(publicKey);
     if (peer === undefined) throw new RangeError('device: that public key is our own');
     // ice-chars (RFC 8445 §5.3): base64 of 18 bytes is 24 of them, with no padding.
     const credentials = { ufrag: randomBytes(6).toString('hex'), pwd: randomBytes(18).toString('base64') };
@@ -731,6 +733,13 @@ export function describeStartError(error: unknown): string {
   if (error instanceof SyscallError && error.errno === 16) return 'the interface is in use by another process';
   if (error instanceof ZtgateError) return error.message;
   return error instanceof Error ? error.message : String(error);
+}
+
+/** Public keys are not secret: a plain comparison will do. */
+function keysEqual(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /** A WireGuard handshake-class message by type, size and zero reserved bytes (whitepaper §5.4). */

@@ -103,14 +103,16 @@ interface EnginePeer {
   lastInitiationConsumedAt: number;
   /** Local indexes of the (at most three) sessions a worker may still hold, oldest first. */
   readonly sessionIndexes: number[];
-  /** The counters as last observed; updated in place (see observeCounters). */
-  readonly seen: { txData: number; txAny: number; rxData: number; rxAny: number };
 }
 
 /** Which peer a local index belongs to; whether it is the in-flight handshake is `pending`'s business. */
 type IndexOwner = { readonly peer: number };
 
 const SESSIONS_KEPT = 3;
+const SEEN_TX_DATA = 0;
+const SEEN_TX_ANY = 1;
+const SEEN_RX_DATA = 2;
+const SEEN_RX_ANY = 3;
 
 export class WireGuardEngine {
   private identity: LocalIdentity | null = null;
@@ -135,6 +137,11 @@ export class WireGuardEngine {
   private readonly options: EngineOptions;
   /** Every peer's timers (whitepaper §6), by peer id. */
   private readonly timers: TimerTable;
+  /**
+   * The transport counters as last observed, four per peer id (SEEN_*): in one array rather than
+   * an object per peer, whose floating-point fields V8 would box one by one.
+   */
+  private seen = new Float64Array(4 * 64);
 
   constructor(options: EngineOptions) {
     this.options = options;
@@ -173,8 +180,13 @@ export class WireGuardEngine {
       lastTimestamp: null,
       lastInitiationConsumedAt: Number.NEGATIVE_INFINITY,
       sessionIndexes: [],
-      seen: { txData: 0, txAny: 0, rxData: 0, rxAny: 0 },
     };
+    if (4 * (id + 1) > this.seen.length) {
+      const grown = new Float64Array(Math.max(4 * (id + 1), 2 * this.seen.length));
+      grown.set(this.seen);
+      this.seen = grown;
+    }
+    this.seen.fill(0, 4 * id, 4 * (id + 1));
     this.peers.set(id, peer);
     this.peersByKey.set(keyToHex(publicKey), peer);
   }
@@ -204,6 +216,11 @@ export class WireGuardEngine {
 
   setEndpoint(id: number, endpoint: Endpoint): void {
     this.requirePeer(id).endpoint = endpoint;
+  }
+
+  /** The id of the configured peer with this public key, if any. */
+  peerIdOf(publicKey: Uint8Array): number | undefined {
+    return this.peersByKey.get(keyToHex(publicKey))?.id;
   }
 
   endpointOf(id: number): Endpoint | null {
@@ -253,27 +270,26 @@ export class WireGuardEngine {
   observeCounters(id: number, counters: PeerCounters, now: number): void {
     const peer = this.peers.get(id);
     if (peer === undefined) return;
-    const seen = peer.seen;
+    const seen = this.seen;
+    const at = 4 * id;
     const timers = peer.timers;
     // Received first, then sent: within one observation interval we cannot know the order, and a
     // send after a receive is what makes a keepalive unnecessary.
-    if (counters.rxAny !== seen.rxAny) {
+    if (counters.rxAny !== seen[at + SEEN_RX_ANY]) {
       timers.onAnyAuthenticatedPacketReceived();
       timers.onAnyAuthenticatedPacketTraversal(now);
     }
-    if (counters.rxData !== seen.rxData) timers.onDataReceived(now);
-    if (counters.txAny !== seen.txAny) {
+    if (counters.rxData !== seen[at + SEEN_RX_DATA]) timers.onDataReceived(now);
+    if (counters.txAny !== seen[at + SEEN_TX_ANY]) {
       timers.onAnyAuthenticatedPacketSent();
       timers.onAnyAuthenticatedPacketTraversal(now);
     }
-    if (counters.txData !== seen.txData) timers.onDataSent(now);
-    // Copied, not kept: the caller builds a fresh object per peer per tick, and keeping it would
-    // promote every one of them to the old generation (with 10,000 peers, megabytes of old-space
-    // garbage a second, which the heap grows to hold).
-    seen.txData = counters.txData;
-    seen.txAny = counters.txAny;
-    seen.rxData = counters.rxData;
-    seen.rxAny = counters.rxAny;
+    if (counters.txData !== seen[at + SEEN_TX_DATA]) timers.onDataSent(now);
+    // Copied, not kept: the caller may reuse or rebuild its object every tick.
+    seen[at + SEEN_TX_DATA] = counters.txData;
+    seen[at + SEEN_TX_ANY] = counters.txAny;
+    seen[at + SEEN_RX_DATA] = counters.rxData;
+    seen[at + SEEN_RX_ANY] = counters.rxAny;
   }
 
   handleTimeout(now: number): void {
