@@ -196,14 +196,19 @@ export class Device {
     const now = monotonicNow();
     const ports: number[] = [];
     let inserts = 0;
+    let peerOperations = 0;
     for (const op of operations) {
       if (op.kind === 'listenPort') ports.push(op.port);
-      else if (op.kind === 'peer') for (const change of op.allowedIps) if (!change.remove) inserts++;
+      else if (op.kind === 'peer') {
+        peerOperations++;
+        for (const change of op.allowedIps) if (!change.remove) inserts++;
+      }
     }
     // A port that cannot be bound fails the request before anything else changes.
     for (const port of ports) this.rebind(port);
     this.routes.expectInsertions(inserts);
-    const routeChanges = new RouteChangeBatch();
+    // Room for every insertion and for one removal of all of each peer's routes (replace_allowed_ips).
+    const routeChanges = new RouteChangeBatch(inserts + peerOperations);
     for (const op of operations) {
       switch (op.kind) {
         case 'privateKey':
