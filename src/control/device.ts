@@ -68,7 +68,6 @@ export interface IceModeOptions {
 
 interface DevicePeer {
   readonly id: number;
-  readonly publicKey: Uint8Array;
   presharedKey: Uint8Array | null;
   endpoint: Endpoint | null;
   persistentKeepalive: number;
@@ -175,7 +174,7 @@ export class Device {
     for (const peer of this.peersById.values()) {
       const record = peer.id * PEER_RECORD_F64S;
       yield {
-        publicKey: peer.publicKey,
+        publicKey: this.engine.peerPublicKey(peer.id),
         presharedKey: peer.presharedKey,
         endpoint: peer.endpoint === null ? null : formatEndpoint(peer.endpoint),
         lastHandshakeMs: peer.lastHandshakeWallMs,
@@ -301,6 +300,8 @@ export class Device {
   }
 
   private addPeer(publicKey: Uint8Array): DevicePeer {
+    // Checked before an id is taken. The engine keeps the key (as text); the device needs no copy.
+    const key = toPublicKey(publicKey);
     // Freed ids are reused first, which keeps the peer table dense. (A freed id is always below
     // the table's capacity, so only a new one can overflow it.)
     const id = this.freePeerIds.pop() ?? this.nextPeerId;
@@ -308,9 +309,7 @@ export class Device {
       throw new UapiError(UAPI_ERRNO.unknown, 'uapi: the peer table is full');
     }
     if (id === this.nextPeerId) this.nextPeerId++;
-    // One copy of the key, shared with the engine (every small typed array costs a few hundred bytes).
-    const key = toPublicKey(publicKey);
-    const peer: DevicePeer = { id, publicKey: key, presharedKey: null, endpoint: null, persistentKeepalive: 0, lastHandshakeWallMs: 0 };
+    const peer: DevicePeer = { id, presharedKey: null, endpoint: null, persistentKeepalive: 0, lastHandshakeWallMs: 0 };
     this.stats.fill(0, id * PEER_RECORD_F64S, (id + 1) * PEER_RECORD_F64S);
     this.peersById.set(id, peer);
     this.engine.addPeer(id, this.shardOf(id), key, NO_PRESHARED_KEY);

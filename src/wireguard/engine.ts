@@ -17,7 +17,7 @@ import { CookieChecker, CookieGenerator } from './cookie.ts';
 import { endpointCookieSource, endpointsIdentical, type Endpoint } from './endpoint.ts';
 import { IndexTable } from './indexes.ts';
 import type { PresharedKey, PrivateKey, PublicKey } from './keys.ts';
-import { keyToHex, publicKeyOf } from './keys.ts';
+import { keyToHex, parseKeyHex, publicKeyOf, toPublicKey } from './keys.ts';
 import { messageType, readU32LE } from './messages.ts';
 import {
   consumeInitiation,
@@ -85,7 +85,12 @@ export interface EngineOptions {
 interface EnginePeer {
   readonly id: number;
   readonly shard: number;
-  readonly publicKey: PublicKey;
+  /**
+   * The public key in hex, which is also its key in peersByKey. The bytes are not kept: a 32-byte
+   * array of its own costs about 500 bytes of resident memory (measured), and only handshakes need
+   * them, which get them from peerPublicKey once (their crypto and cookies keep them from then on).
+   */
+  readonly keyHex: string;
   presharedKey: PresharedKey;
   /**
    * Derived on first use (see cryptoOf), undefined until then; null when the key can never
@@ -166,10 +171,11 @@ export class WireGuardEngine {
 
   addPeer(id: number, shard: number, publicKey: PublicKey, presharedKey: PresharedKey): void {
     if (this.peers.has(id)) throw new RangeError(`engine: peer id ${id} already in use`);
+    const keyHex = keyToHex(publicKey);
     const peer: EnginePeer = {
       id,
       shard,
-      publicKey,
+      keyHex,
       presharedKey,
       crypto: undefined,
       cookies: null,
@@ -188,7 +194,7 @@ export class WireGuardEngine {
     }
     this.seen.fill(0, 4 * id, 4 * (id + 1));
     this.peers.set(id, peer);
-    this.peersByKey.set(keyToHex(publicKey), peer);
+    this.peersByKey.set(keyHex, peer);
   }
 
   /** Forgets a peer's sessions and handshake (its connection failed); its configuration stays. */
@@ -205,7 +211,7 @@ export class WireGuardEngine {
     this.releaseIndexes(peer);
     peer.timers.stopAll();
     this.peers.delete(id);
-    this.peersByKey.delete(keyToHex(peer.publicKey));
+    this.peersByKey.delete(peer.keyHex);
   }
 
   setPresharedKey(id: number, presharedKey: PresharedKey): void {
@@ -216,6 +222,11 @@ export class WireGuardEngine {
 
   setEndpoint(id: number, endpoint: Endpoint): void {
     this.requirePeer(id).endpoint = endpoint;
+  }
+
+  /** A fresh copy of peer `id`'s public key. */
+  peerPublicKey(id: number): PublicKey {
+    return toPublicKey(parseKeyHex(this.requirePeer(id).keyHex, 'a public key'));
   }
 
   /** The id of the configured peer with this public key, if any. */
@@ -547,13 +558,13 @@ export class WireGuardEngine {
     if (peer.crypto === undefined) {
       // Without a private key there is nothing to derive yet; setPrivateKey resets it to undefined.
       if (this.identity === null) return null;
-      peer.crypto = this.deriveCrypto(this.identity, peer.publicKey, peer.presharedKey);
+      peer.crypto = this.deriveCrypto(this.identity, this.peerPublicKey(peer.id), peer.presharedKey);
     }
     return peer.crypto;
   }
 
   private cookiesOf(peer: EnginePeer): CookieGenerator {
-    peer.cookies ??= new CookieGenerator(peer.publicKey);
+    peer.cookies ??= new CookieGenerator(this.peerPublicKey(peer.id));
     return peer.cookies;
   }
 
