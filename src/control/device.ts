@@ -18,8 +18,8 @@ import { AllowedIps } from '../wireguard/allowedips.ts';
 import { DEFAULT_MTU, UNDER_LOAD_AFTER_TIME_MS } from '../wireguard/constants.ts';
 import { WireGuardEngine, type EngineEvent } from '../wireguard/engine.ts';
 import { formatEndpoint, type Endpoint } from '../wireguard/endpoint.ts';
-import { isZeroKey, keyToHex, toPresharedKey, toPrivateKey, toPublicKey, zeroPresharedKey } from '../wireguard/keys.ts';
-import { UAPI_ERRNO, UapiError, type DeviceSnapshot, type PeerOperation, type SetOperation } from '../uapi/protocol.ts';
+import { isZeroKey, toPresharedKey, toPrivateKey, toPublicKey, zeroPresharedKey } from '../wireguard/keys.ts';
+import { UAPI_ERRNO, UapiError, type DeviceSnapshot, type PeerOperation, type PeerSnapshot, type SetOperation } from '../uapi/protocol.ts';
 import { listenUapi, type UapiServer } from '../uapi/server.ts';
 import type { IceCredentials, IceRole } from '../ice/agent.ts';
 import { transportAddress, type TransportAddress } from '../ice/address.ts';
@@ -45,6 +45,8 @@ const THREAD_STOP_TIMEOUT_MS = 2_000;
  * maximum (tens of MB of resident memory per thread, kept afterwards). A small cap bounds that.
  */
 const PACKET_THREAD_YOUNG_GENERATION_MB = 4;
+/** The all-zero key of every peer without one, shared: keys are only ever read, never wiped. */
+const NO_PRESHARED_KEY = zeroPresharedKey();
 
 export interface DeviceOptions {
   readonly interfaceName: string;
@@ -66,7 +68,6 @@ export interface IceModeOptions {
 
 interface DevicePeer {
   readonly id: number;
-  readonly publicKey: Uint8Array;
   presharedKey: Uint8Array | null;
   endpoint: Endpoint | null;
   persistentKeepalive: number;
@@ -82,7 +83,7 @@ export class Device {
   private readonly control: ControlEnd;
   private readonly engine: WireGuardEngine;
   private readonly routes = new AllowedIps();
-  private readonly peers = new Map<string, DevicePeer>();
+  /** By peer id; the engine finds a peer's id from its public key (one map by key, not two). */
   private readonly peersById = new Map<number, DevicePeer>();
   /** Peer ids handed out so far are below this; `freePeerIds` holds the ones given back since. */
   private nextPeerId = 0;
@@ -165,10 +166,15 @@ export class Device {
   // ---- UAPI --------------------------------------------------------------------------------------
 
   snapshot(): DeviceSnapshot {
-    const peers = [...this.peersById.values()].map((peer) => {
+    return { privateKey: this.privateKey, listenPort: this.boundPort, fwmark: this.fwmark, peers: this.peerSnapshots() };
+  }
+
+  /** One peer at a time, as the reply is formatted: with many peers, all at once would be megabytes. */
+  private *peerSnapshots(): Generator<PeerSnapshot, void, undefined> {
+    for (const peer of this.peersById.values()) {
       const record = peer.id * PEER_RECORD_F64S;
-      return {
-        publicKey: peer.publicKey,
+      yield {
+        publicKey: this.engine.peerPublicKey(peer.id),
         presharedKey: peer.presharedKey,
         endpoint: peer.endpoint === null ? null : formatEndpoint(peer.endpoint),
         lastHandshakeMs: peer.lastHandshakeWallMs,
@@ -177,16 +183,31 @@ export class Device {
         persistentKeepalive: peer.persistentKeepalive,
         allowedIps: this.routes.entriesOf(peer.id),
       };
-    });
-    return { privateKey: this.privateKey, listenPort: this.boundPort, fwmark: this.fwmark, peers };
+    }
   }
 
-  /** Applies validated operations in order (wireguard-go's semantics); routes go out in one batch. */
-  apply(operations: readonly SetOperation[]): void {
+  /**
+   * Applies operations in order (wireguard-go's semantics); routes go out in one batch. They are
+   * iterated twice (see UapiHandler): first to the end, which parses and validates the whole
+   * request, then to apply them.
+   */
+  apply(operations: Iterable<SetOperation>): void {
     const now = monotonicNow();
-    const routeChanges = new RouteChangeBatch();
+    const ports: number[] = [];
+    let inserts = 0;
+    let peerOperations = 0;
+    for (const op of operations) {
+      if (op.kind === 'listenPort') ports.push(op.port);
+      else if (op.kind === 'peer') {
+        peerOperations++;
+        for (const change of op.allowedIps) if (!change.remove) inserts++;
+      }
+    }
     // A port that cannot be bound fails the request before anything else changes.
-    for (const op of operations) if (op.kind === 'listenPort') this.rebind(op.port);
+    for (const port of ports) this.rebind(port);
+    this.routes.expectInsertions(inserts);
+    // Room for every insertion and for one removal of all of each peer's routes (replace_allowed_ips).
+    const routeChanges = new RouteChangeBatch(inserts + peerOperations);
     for (const op of operations) {
       switch (op.kind) {
         case 'privateKey':
@@ -234,25 +255,25 @@ export class Device {
     // A peer whose public key is now our own can never be talked to (wireguard-go removes it).
     const own = this.engine.publicKey;
     if (own !== null) {
-      const twin = this.peers.get(keyToHex(own));
+      const twin = this.peerWithKey(own);
       if (twin !== undefined) this.removePeer(twin, routeChanges);
     }
   }
 
   private applyPeer(op: PeerOperation, now: number, routeChanges: RouteChangeBatch): void {
-    const hex = keyToHex(op.publicKey);
-    let peer = this.peers.get(hex);
+    let peer = this.peerWithKey(op.publicKey);
     if (op.remove) {
       if (peer !== undefined) this.removePeer(peer, routeChanges);
       return;
     }
     if (peer === undefined && op.updateOnly) return;
     const own = this.engine.publicKey;
-    if (own !== null && keyToHex(own) === hex) return;
+    if (own !== null && keysEqual(own, op.publicKey)) return;
     if (peer === undefined) peer = this.addPeer(op.publicKey);
     if (op.presharedKey !== undefined) {
-      peer.presharedKey = op.presharedKey;
-      this.engine.setPresharedKey(peer.id, op.presharedKey === null ? zeroPresharedKey() : toPresharedKey(op.presharedKey));
+      const presharedKey = op.presharedKey === null ? null : toPresharedKey(op.presharedKey);
+      peer.presharedKey = presharedKey;
+      this.engine.setPresharedKey(peer.id, presharedKey ?? NO_PRESHARED_KEY);
     }
     if (op.endpoint !== undefined) {
       const endpoint: Endpoint = { family: op.endpoint.family, address: op.endpoint.address, port: op.endpoint.port, localAddress: null, localIfindex: 0 };
@@ -279,6 +300,8 @@ export class Device {
   }
 
   private addPeer(publicKey: Uint8Array): DevicePeer {
+    // Checked before an id is taken. The engine keeps the key (as text); the device needs no copy.
+    const key = toPublicKey(publicKey);
     // Freed ids are reused first, which keeps the peer table dense. (A freed id is always below
     // the table's capacity, so only a new one can overflow it.)
     const id = this.freePeerIds.pop() ?? this.nextPeerId;
@@ -286,11 +309,10 @@ export class Device {
       throw new UapiError(UAPI_ERRNO.unknown, 'uapi: the peer table is full');
     }
     if (id === this.nextPeerId) this.nextPeerId++;
-    const peer: DevicePeer = { id, publicKey: publicKey.slice(), presharedKey: null, endpoint: null, persistentKeepalive: 0, lastHandshakeWallMs: 0 };
+    const peer: DevicePeer = { id, presharedKey: null, endpoint: null, persistentKeepalive: 0, lastHandshakeWallMs: 0 };
     this.stats.fill(0, id * PEER_RECORD_F64S, (id + 1) * PEER_RECORD_F64S);
-    this.peers.set(keyToHex(publicKey), peer);
     this.peersById.set(id, peer);
-    this.engine.addPeer(id, this.shardOf(id), toPublicKey(peer.publicKey), zeroPresharedKey());
+    this.engine.addPeer(id, this.shardOf(id), key, NO_PRESHARED_KEY);
     this.sendToWorker(id, { kind: 'addPeer', peer: id });
     return peer;
   }
@@ -300,9 +322,13 @@ export class Device {
     this.routes.removePeer(peer.id);
     routeChanges.removePeer(peer.id);
     this.sendToWorker(peer.id, { kind: 'removePeer', peer: peer.id });
-    this.peers.delete(keyToHex(peer.publicKey));
     this.peersById.delete(peer.id);
     this.freePeerIds.push(peer.id);
+  }
+
+  private peerWithKey(publicKey: Uint8Array): DevicePeer | undefined {
+    const id = this.engine.peerIdOf(publicKey);
+    return id === undefined ? undefined : this.peersById.get(id);
   }
 
   private setPeerEndpoint(peer: DevicePeer, endpoint: Endpoint): void {
@@ -333,7 +359,7 @@ export class Device {
   connect(publicKey: Uint8Array, allowedIps: readonly { bytes: Uint8Array; prefixLength: number }[], role: IceRole, remote: IceCredentials | null): { peer: number; credentials: IceCredentials } {
     const ice = this.requireIce();
     this.apply([{ kind: 'peer', publicKey, updateOnly: false, remove: false, replaceAllowedIps: true, allowedIps: allowedIps.map((cidr) => ({ ...cidr, remove: false })) }]);
-    const peer = this.peers.get(keyToHex(publicKey));
+    const peer = this.peerWithKey(publicKey);
     if (peer === undefined) throw new RangeError('device: that public key is our own');
     // ice-chars (RFC 8445 §5.3): base64 of 18 bytes is 24 of them, with no padding.
     const credentials = { ufrag: randomBytes(6).toString('hex'), pwd: randomBytes(18).toString('base64') };
@@ -711,6 +737,13 @@ export function describeStartError(error: unknown): string {
   if (error instanceof SyscallError && error.errno === 16) return 'the interface is in use by another process';
   if (error instanceof ZtgateError) return error.message;
   return error instanceof Error ? error.message : String(error);
+}
+
+/** Public keys are not secret: a plain comparison will do. */
+function keysEqual(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /** A WireGuard handshake-class message by type, size and zero reserved bytes (whitepaper §5.4). */

@@ -27,9 +27,16 @@ export const ROUTE_ADDRESS_OFFSET = 8;
 
 /** Collects route changes in order; `finish()` returns them packed to their exact size. */
 export class RouteChangeBatch {
-  #records = new Uint8Array(64 * ROUTE_RECORD_BYTES);
-  #view = new DataView(this.#records.buffer);
+  #records: Uint8Array;
+  #view: DataView;
   #count = 0;
+
+  /** `expected`: how many changes are likely, room for which is made up front (more still fit). */
+  constructor(expected = 0) {
+    if (!(expected >= 0)) throw new RangeError(`messages: expected route changes must be ≥ 0, got ${expected}`);
+    this.#records = new Uint8Array(Math.max(64, Math.ceil(expected)) * ROUTE_RECORD_BYTES);
+    this.#view = new DataView(this.#records.buffer);
+  }
 
   get count(): number {
     return this.#count;
@@ -47,9 +54,16 @@ export class RouteChangeBatch {
     this.#push(ROUTE_REMOVE_PEER, null, 0, peer);
   }
 
-  /** A copy holding exactly the changes so far (a view would clone the whole backing buffer). */
+  /**
+   * A copy holding exactly the changes so far, in shared memory: posted to every packet thread, it
+   * is one buffer they all read rather than a clone per thread (with 10,000 peers, 700 KB each).
+   * Nothing writes to it after this.
+   */
   finish(): RouteChanges {
-    return { count: this.#count, records: this.#records.slice(0, this.#count * ROUTE_RECORD_BYTES) };
+    const length = this.#count * ROUTE_RECORD_BYTES;
+    const records = new Uint8Array(new SharedArrayBuffer(length));
+    records.set(this.#records.subarray(0, length));
+    return { count: this.#count, records };
   }
 
   #push(op: number, bytes: Uint8Array | null, prefixLength: number, peer: number): void {

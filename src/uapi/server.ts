@@ -17,7 +17,7 @@ import {
   UapiRequestDecoder,
   formatErrno,
   formatGet,
-  parseSet,
+  setOperations,
   type DeviceSnapshot,
   type SetOperation,
   type UapiRequest,
@@ -28,8 +28,12 @@ export const DEFAULT_SOCKET_DIRECTORY = '/var/run/wireguard';
 /** What the device behind the socket provides. Both run synchronously, one request at a time. */
 export interface UapiHandler {
   snapshot(): DeviceSnapshot;
-  /** Operations arrive fully validated; a failure should throw UapiError (e.g. errno -98). */
-  apply(operations: readonly SetOperation[]): void;
+  /**
+   * Iterating `operations` parses them, and throws UapiError at the first malformed line: iterate
+   * once to the end before changing anything, then again to apply (see setOperations). A failure
+   * of the apply itself should throw UapiError too (e.g. errno -98).
+   */
+  apply(operations: Iterable<SetOperation>): void;
 }
 
 export interface UapiServerOptions {
@@ -211,7 +215,7 @@ function answerGet(handler: UapiHandler, logger: Logger | undefined): string {
 
 function answerSet(handler: UapiHandler, body: string, logger: Logger | undefined): string {
   try {
-    handler.apply(parseSet(body));
+    handler.apply(setOperations(body));
     return formatErrno(0);
   } catch (error) {
     return formatErrno(failureErrno(error, 'set', logger));

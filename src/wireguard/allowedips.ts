@@ -10,14 +10,18 @@
 // What a lookup reads (key, prefix length, children, peer) sits together in one 32-byte record,
 // so each step of the descent costs one cache line; the rest (parent, list links) is kept apart.
 // Each peer's entries form a doubly-linked list through the nodes, in insertion order, which makes
-// removePeer linear in that peer's entries and gives `wg show` a stable order.
+// removePeer linear in that peer's entries and gives `wg show` a stable order. The lists' ends are
+// kept in arrays indexed by peer id (ids are dense: the device hands out the lowest free one), not
+// in a map of small objects: every packet thread holds a copy of this table, for every peer.
 
 import { ConfigError } from '../errors.ts';
 
 const NO_NODE = -1;
 const NO_PEER = -1;
 const INITIAL_CAPACITY = 64;
-const MAX_PEER_ID = 0x7fff_ffff;
+const INITIAL_PEER_CAPACITY = 16;
+/** Peer ids index arrays here, so they are bounded (the device's peer table holds far fewer). */
+const MAX_PEER_ID = (1 << 22) - 1;
 
 /**
  * Layout of one node's record in AllowedIps#nodes (Int32 slots):
@@ -45,11 +49,6 @@ const PREFIX_WORD_MASKS = (() => {
   return masks;
 })();
 
-interface PeerEntries {
-  head: number;
-  tail: number;
-}
-
 export class AllowedIps {
   #capacity = INITIAL_CAPACITY;
   /** Hot per-node records, RECORD slots each (layout above). */
@@ -64,8 +63,12 @@ export class AllowedIps {
   #freeNodes = 0;
   #rootV4 = NO_NODE;
   #rootV6 = NO_NODE;
-  #entriesByPeer = new Map<number, PeerEntries>();
+  /** First and last node of each peer's entry list (NO_NODE when it has none), by peer id. */
+  #heads = new Int32Array(INITIAL_PEER_CAPACITY).fill(NO_NODE);
+  #tails = new Int32Array(INITIAL_PEER_CAPACITY).fill(NO_NODE);
   #size = 0;
+  /** Insertions still to come in the current batch (see expectInsertions). */
+  #expectedInsertions = 0;
   /** Scratch key words for insert/remove/lookupV6, so none of them allocates. */
   readonly #scratch = new Int32Array(KEY_WORDS);
 
@@ -79,9 +82,21 @@ export class AllowedIps {
     return this.#usedNodes - this.#freeNodes;
   }
 
-  /** Bytes held by the node arrays, growth slack included (for memory reports). */
+  /** Bytes held by the node and peer arrays, growth slack included (for memory reports). */
   get byteLength(): number {
-    return this.#capacity * (RECORD * 4 + 1 + 4 + 4 + 4);
+    return this.#capacity * (RECORD * 4 + 1 + 4 + 4 + 4) + this.#heads.byteLength + this.#tails.byteLength;
+  }
+
+  /**
+   * Announces that the next `prefixes` insertions come as one batch, so that when the arrays must
+   * grow they grow once, to hold the rest of the batch (each insertion adds at most two nodes),
+   * instead of growing step by step: every outgrown copy is garbage until the next full
+   * collection, and the last step leaves much of its arrays unused. Nodes the batch frees first
+   * (a peer's routes replaced) are reused before any growth.
+   */
+  expectInsertions(prefixes: number): void {
+    if (!Number.isInteger(prefixes) || prefixes < 0) throw new RangeError(`allowedips: cannot expect ${prefixes} insertions`);
+    this.#expectedInsertions = prefixes;
   }
 
   /**
@@ -95,6 +110,7 @@ export class AllowedIps {
       throw new RangeError(`allowedips: peer id must be an integer in 0..${MAX_PEER_ID}, got ${peer}`);
     }
     const key = this.#loadKey(bytes, prefixLength);
+    if (this.#expectedInsertions > 0) this.#expectedInsertions--;
     let parent = NO_NODE;
     let bitFromParent = 0;
     let node = isV6 ? this.#rootV6 : this.#rootV4;
@@ -160,10 +176,9 @@ export class AllowedIps {
 
   /** Removes every prefix routed to `peer`; linear in that peer's entries. */
   removePeer(peer: number): void {
-    const entries = this.#entriesByPeer.get(peer);
-    if (entries === undefined) return;
-    // #removeEntry unlinks the head each time, and drops the list once it is empty.
-    while (entries.head !== NO_NODE) this.#removeEntry(entries.head);
+    if (!(peer >= 0 && peer < this.#heads.length)) return;
+    // #removeEntry unlinks the head each time.
+    while (this.#heads[peer] !== NO_NODE) this.#removeEntry(this.#heads[peer]);
   }
 
   /** Longest-prefix match of the IPv4 address at packet[offset..offset+4); -1 if none. */
@@ -225,9 +240,8 @@ export class AllowedIps {
   /** The prefixes routed to `peer`, in insertion order (for `wg show` and UAPI get). */
   entriesOf(peer: number): Array<{ bytes: Uint8Array; prefixLength: number }> {
     const result: Array<{ bytes: Uint8Array; prefixLength: number }> = [];
-    const entries = this.#entriesByPeer.get(peer);
-    if (entries === undefined) return result;
-    for (let node = entries.head; node !== NO_NODE; node = this.#nextOfPeer[node]) {
+    if (!(peer >= 0 && peer < this.#heads.length)) return result;
+    for (let node = this.#heads[peer]; node !== NO_NODE; node = this.#nextOfPeer[node]) {
       const at = node * RECORD;
       const bytes = new Uint8Array(this.#isV6[node] === 1 ? 16 : 4);
       for (let i = 0; i < bytes.length; i++) bytes[i] = this.#nodes[at + (i >>> 2)] >>> (24 - 8 * (i & 3));
@@ -254,7 +268,11 @@ export class AllowedIps {
       this.#freeList = this.#nodes[node * RECORD + PEER];
       this.#freeNodes--;
     } else {
-      if (this.#usedNodes === this.#capacity) this.#grow();
+      // Room for the rest of an announced batch (this insertion included), else half again rather
+      // than double: less unused room in a table that is not known to grow much more.
+      if (this.#usedNodes === this.#capacity) {
+        this.#resize(Math.max(this.#capacity + (this.#capacity >> 1), this.#usedNodes + 2 * (this.#expectedInsertions + 1)));
+      }
       node = this.#usedNodes++;
     }
     const nodes = this.#nodes;
@@ -279,8 +297,7 @@ export class AllowedIps {
     this.#freeNodes++;
   }
 
-  #grow(): void {
-    const capacity = this.#capacity * 2;
+  #resize(capacity: number): void {
     this.#nodes = grown(this.#nodes, capacity * RECORD);
     this.#isV6 = grown(this.#isV6, capacity);
     this.#parents = grown(this.#parents, capacity);
@@ -317,29 +334,34 @@ export class AllowedIps {
     if (this.#nodes[at] === NO_PEER) this.#size++;
     else this.#unlinkFromPeer(node);
     this.#nodes[at] = peer;
-    let entries = this.#entriesByPeer.get(peer);
-    if (entries === undefined) {
-      entries = { head: NO_NODE, tail: NO_NODE };
-      this.#entriesByPeer.set(peer, entries);
-    }
-    this.#prevOfPeer[node] = entries.tail;
+    if (peer >= this.#heads.length) this.#growPeers(peer);
+    const tail = this.#tails[peer];
+    this.#prevOfPeer[node] = tail;
     this.#nextOfPeer[node] = NO_NODE;
-    if (entries.tail === NO_NODE) entries.head = node;
-    else this.#nextOfPeer[entries.tail] = node;
-    entries.tail = node;
+    if (tail === NO_NODE) this.#heads[peer] = node;
+    else this.#nextOfPeer[tail] = node;
+    this.#tails[peer] = node;
+  }
+
+  /** Makes the peer arrays long enough for `peer` (doubling, so ids added in order cost O(1) each). */
+  #growPeers(peer: number): void {
+    const length = Math.min(MAX_PEER_ID + 1, Math.max(peer + 1, this.#heads.length * 2));
+    const heads = new Int32Array(length).fill(NO_NODE);
+    const tails = new Int32Array(length).fill(NO_NODE);
+    heads.set(this.#heads);
+    tails.set(this.#tails);
+    this.#heads = heads;
+    this.#tails = tails;
   }
 
   #unlinkFromPeer(node: number): void {
     const peer = this.#nodes[node * RECORD + PEER];
-    const entries = this.#entriesByPeer.get(peer);
-    if (entries === undefined) throw new Error(`allowedips: internal error, peer ${peer} has no entry list`);
     const prev = this.#prevOfPeer[node];
     const next = this.#nextOfPeer[node];
-    if (prev === NO_NODE) entries.head = next;
+    if (prev === NO_NODE) this.#heads[peer] = next;
     else this.#nextOfPeer[prev] = next;
-    if (next === NO_NODE) entries.tail = prev;
+    if (next === NO_NODE) this.#tails[peer] = prev;
     else this.#prevOfPeer[next] = prev;
-    if (entries.head === NO_NODE) this.#entriesByPeer.delete(peer);
   }
 
   /** Drops the node's route and then any node that no longer needs to exist (keeps glue nodes binary). */

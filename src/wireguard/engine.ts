@@ -17,7 +17,7 @@ import { CookieChecker, CookieGenerator } from './cookie.ts';
 import { endpointCookieSource, endpointsIdentical, type Endpoint } from './endpoint.ts';
 import { IndexTable } from './indexes.ts';
 import type { PresharedKey, PrivateKey, PublicKey } from './keys.ts';
-import { keyToHex, publicKeyOf } from './keys.ts';
+import { keyToHex, parseKeyHex, publicKeyOf, toPublicKey } from './keys.ts';
 import { messageType, readU32LE } from './messages.ts';
 import {
   consumeInitiation,
@@ -31,7 +31,7 @@ import {
 } from './noise.ts';
 import type { KeypairMaterial } from './session.ts';
 import { compareTimestamps, tai64nNow } from './tai64n.ts';
-import { MAX_HANDSHAKE_ATTEMPTS, PeerTimers, type TimerExpiry } from './timers.ts';
+import { MAX_HANDSHAKE_ATTEMPTS, TimerTable, type PeerTimers, type TimerExpiry } from './timers.ts';
 
 /** What the control thread must tell the worker that owns `peer`. */
 export type EngineEvent =
@@ -85,10 +85,21 @@ export interface EngineOptions {
 interface EnginePeer {
   readonly id: number;
   readonly shard: number;
-  readonly publicKey: PublicKey;
+  /**
+   * The public key in hex, which is also its key in peersByKey. The bytes are not kept: a 32-byte
+   * array of its own costs about 500 bytes of resident memory (measured), and only handshakes need
+   * them, which get them from peerPublicKey once (their crypto and cookies keep them from then on).
+   */
+  readonly keyHex: string;
   presharedKey: PresharedKey;
-  crypto: PeerCrypto | null;
-  readonly cookies: CookieGenerator;
+  /**
+   * Derived on first use (see cryptoOf), undefined until then; null when the key can never
+   * handshake. With ten thousand configured peers, most never handshake: deriving up front cost a
+   * Curve25519 operation and two small key arrays per peer.
+   */
+  crypto: PeerCrypto | null | undefined;
+  /** Made on first use (see cookiesOf), for the same reason. */
+  cookies: CookieGenerator | null;
   readonly timers: PeerTimers;
   endpoint: Endpoint | null;
   pending: { readonly state: InitiatorState; readonly localIndex: number } | null;
@@ -97,14 +108,16 @@ interface EnginePeer {
   lastInitiationConsumedAt: number;
   /** Local indexes of the (at most three) sessions a worker may still hold, oldest first. */
   readonly sessionIndexes: number[];
-  /** The counters as last observed; updated in place (see observeCounters). */
-  readonly seen: { txData: number; txAny: number; rxData: number; rxAny: number };
 }
 
 /** Which peer a local index belongs to; whether it is the in-flight handshake is `pending`'s business. */
 type IndexOwner = { readonly peer: number };
 
 const SESSIONS_KEPT = 3;
+const SEEN_TX_DATA = 0;
+const SEEN_TX_ANY = 1;
+const SEEN_RX_DATA = 2;
+const SEEN_RX_ANY = 3;
 
 export class WireGuardEngine {
   private identity: LocalIdentity | null = null;
@@ -127,9 +140,17 @@ export class WireGuardEngine {
     badCookieReply: 0,
   };
   private readonly options: EngineOptions;
+  /** Every peer's timers (whitepaper §6), by peer id. */
+  private readonly timers: TimerTable;
+  /**
+   * The transport counters as last observed, four per peer id (SEEN_*): in one array rather than
+   * an object per peer, whose floating-point fields V8 would box one by one.
+   */
+  private seen = new Float64Array(4 * 64);
 
   constructor(options: EngineOptions) {
     this.options = options;
+    this.timers = new TimerTable(options.random);
   }
 
   // ---- configuration -------------------------------------------------------------------------
@@ -143,31 +164,37 @@ export class WireGuardEngine {
     this.identity = privateKey === null ? null : { privateKey, publicKey: publicKeyOf(privateKey) };
     this.checker = this.identity === null ? null : new CookieChecker(this.identity.publicKey);
     for (const peer of this.peers.values()) {
-      peer.crypto = this.deriveCrypto(peer.publicKey, peer.presharedKey);
+      peer.crypto = undefined;
       this.forgetSessions(peer);
     }
   }
 
   addPeer(id: number, shard: number, publicKey: PublicKey, presharedKey: PresharedKey): void {
     if (this.peers.has(id)) throw new RangeError(`engine: peer id ${id} already in use`);
+    const keyHex = keyToHex(publicKey);
     const peer: EnginePeer = {
       id,
       shard,
-      publicKey,
+      keyHex,
       presharedKey,
-      crypto: this.deriveCrypto(publicKey, presharedKey),
-      cookies: new CookieGenerator(publicKey),
-      timers: new PeerTimers(this.options.random),
+      crypto: undefined,
+      cookies: null,
+      timers: this.timers.forPeer(id),
       endpoint: null,
       pending: null,
       lastInitiationSentAt: Number.NEGATIVE_INFINITY,
       lastTimestamp: null,
       lastInitiationConsumedAt: Number.NEGATIVE_INFINITY,
       sessionIndexes: [],
-      seen: { txData: 0, txAny: 0, rxData: 0, rxAny: 0 },
     };
+    if (4 * (id + 1) > this.seen.length) {
+      const grown = new Float64Array(Math.max(4 * (id + 1), 2 * this.seen.length));
+      grown.set(this.seen);
+      this.seen = grown;
+    }
+    this.seen.fill(0, 4 * id, 4 * (id + 1));
     this.peers.set(id, peer);
-    this.peersByKey.set(keyToHex(publicKey), peer);
+    this.peersByKey.set(keyHex, peer);
   }
 
   /** Forgets a peer's sessions and handshake (its connection failed); its configuration stays. */
@@ -184,17 +211,27 @@ export class WireGuardEngine {
     this.releaseIndexes(peer);
     peer.timers.stopAll();
     this.peers.delete(id);
-    this.peersByKey.delete(keyToHex(peer.publicKey));
+    this.peersByKey.delete(peer.keyHex);
   }
 
   setPresharedKey(id: number, presharedKey: PresharedKey): void {
     const peer = this.requirePeer(id);
     peer.presharedKey = presharedKey;
-    peer.crypto = this.deriveCrypto(peer.publicKey, presharedKey);
+    peer.crypto = undefined;
   }
 
   setEndpoint(id: number, endpoint: Endpoint): void {
     this.requirePeer(id).endpoint = endpoint;
+  }
+
+  /** A fresh copy of peer `id`'s public key. */
+  peerPublicKey(id: number): PublicKey {
+    return toPublicKey(parseKeyHex(this.requirePeer(id).keyHex, 'a public key'));
+  }
+
+  /** The id of the configured peer with this public key, if any. */
+  peerIdOf(publicKey: Uint8Array): number | undefined {
+    return this.peersByKey.get(keyToHex(publicKey))?.id;
   }
 
   endpointOf(id: number): Endpoint | null {
@@ -244,27 +281,26 @@ export class WireGuardEngine {
   observeCounters(id: number, counters: PeerCounters, now: number): void {
     const peer = this.peers.get(id);
     if (peer === undefined) return;
-    const seen = peer.seen;
+    const seen = this.seen;
+    const at = 4 * id;
     const timers = peer.timers;
     // Received first, then sent: within one observation interval we cannot know the order, and a
     // send after a receive is what makes a keepalive unnecessary.
-    if (counters.rxAny !== seen.rxAny) {
+    if (counters.rxAny !== seen[at + SEEN_RX_ANY]) {
       timers.onAnyAuthenticatedPacketReceived();
       timers.onAnyAuthenticatedPacketTraversal(now);
     }
-    if (counters.rxData !== seen.rxData) timers.onDataReceived(now);
-    if (counters.txAny !== seen.txAny) {
+    if (counters.rxData !== seen[at + SEEN_RX_DATA]) timers.onDataReceived(now);
+    if (counters.txAny !== seen[at + SEEN_TX_ANY]) {
       timers.onAnyAuthenticatedPacketSent();
       timers.onAnyAuthenticatedPacketTraversal(now);
     }
-    if (counters.txData !== seen.txData) timers.onDataSent(now);
-    // Copied, not kept: the caller builds a fresh object per peer per tick, and keeping it would
-    // promote every one of them to the old generation (with 10,000 peers, megabytes of old-space
-    // garbage a second, which the heap grows to hold).
-    seen.txData = counters.txData;
-    seen.txAny = counters.txAny;
-    seen.rxData = counters.rxData;
-    seen.rxAny = counters.rxAny;
+    if (counters.txData !== seen[at + SEEN_TX_DATA]) timers.onDataSent(now);
+    // Copied, not kept: the caller may reuse or rebuild its object every tick.
+    seen[at + SEEN_TX_DATA] = counters.txData;
+    seen[at + SEEN_TX_ANY] = counters.txAny;
+    seen[at + SEEN_RX_DATA] = counters.rxData;
+    seen[at + SEEN_RX_ANY] = counters.rxAny;
   }
 
   handleTimeout(now: number): void {
@@ -326,15 +362,16 @@ export class WireGuardEngine {
       peer.timers.handshakeAttempts = 0;
     }
     const identity = this.identity;
-    if (identity === null || peer.crypto === null) return;
+    const crypto = identity === null ? null : this.cryptoOf(peer);
+    if (identity === null || crypto === null) return;
     peer.lastInitiationSentAt = now;
     this.dropPending(peer);
     const localIndex = this.indexes.allocate(peer.shard, this.options.shardCount, { peer: peer.id }, this.randomU32);
     const message = new Uint8Array(MESSAGE_INITIATION_SIZE);
     const timestamp = new Uint8Array(12);
     tai64nNow(this.options.wallClock(), timestamp);
-    const state = createInitiation(identity, peer.crypto, localIndex, timestamp, message);
-    peer.cookies.addMacs(message, MESSAGE_INITIATION_SIZE, now);
+    const state = createInitiation(identity, crypto, localIndex, timestamp, message);
+    this.cookiesOf(peer).addMacs(message, MESSAGE_INITIATION_SIZE, now);
     peer.pending = { state, localIndex };
     peer.timers.onAnyAuthenticatedPacketTraversal(now);
     peer.timers.onAnyAuthenticatedPacketSent();
@@ -345,13 +382,17 @@ export class WireGuardEngine {
   private handleInitiation(buf: Uint8Array, len: number, from: Endpoint, now: number, underLoad: boolean): void {
     const identity = this.admit(buf, len, from, now, underLoad);
     if (identity === null) return;
-    const consumed = consumeInitiation(identity, buf, (key) => this.peersByKey.get(keyToHex(key))?.crypto ?? undefined);
+    const consumed = consumeInitiation(identity, buf, (key) => {
+      const candidate = this.peersByKey.get(keyToHex(key));
+      return candidate === undefined ? undefined : this.cryptoOf(candidate) ?? undefined;
+    });
     if (consumed === null) {
       this.drops.badInitiation++;
       return;
     }
     const peer = this.peersByKey.get(keyToHex(consumed.remoteStatic));
-    if (peer === undefined || peer.crypto === null) {
+    const crypto = peer === undefined ? null : this.cryptoOf(peer);
+    if (peer === undefined || crypto === null) {
       this.drops.badInitiation++;
       return;
     }
@@ -372,8 +413,8 @@ export class WireGuardEngine {
 
     const localIndex = this.indexes.allocate(peer.shard, this.options.shardCount, { peer: peer.id }, this.randomU32);
     const response = new Uint8Array(MESSAGE_RESPONSE_SIZE);
-    const keys = createResponse(consumed, peer.crypto, localIndex, response);
-    peer.cookies.addMacs(response, MESSAGE_RESPONSE_SIZE, now);
+    const keys = createResponse(consumed, crypto, localIndex, response);
+    this.cookiesOf(peer).addMacs(response, MESSAGE_RESPONSE_SIZE, now);
     this.rememberSession(peer, localIndex);
     this.events.push({
       kind: 'installKeypair',
@@ -397,11 +438,12 @@ export class WireGuardEngine {
     const identity = this.admit(buf, len, from, now, underLoad);
     if (identity === null) return;
     const peer = this.pendingPeerFor(readU32LE(buf, 8));
-    if (peer === undefined || peer.pending === null || peer.crypto === null) {
+    const crypto = peer === undefined ? null : this.cryptoOf(peer);
+    if (peer === undefined || peer.pending === null || crypto === null) {
       this.drops.unknownIndex++;
       return;
     }
-    const result = consumeResponse(peer.pending.state, identity, peer.crypto, buf);
+    const result = consumeResponse(peer.pending.state, identity, crypto, buf);
     if (result === null) {
       this.drops.badResponse++;
       return;
@@ -459,7 +501,7 @@ export class WireGuardEngine {
       this.drops.unknownIndex++;
       return;
     }
-    if (!peer.cookies.consumeReply(buf, len, now)) this.drops.badCookieReply++;
+    if (!this.cookiesOf(peer).consumeReply(buf, len, now)) this.drops.badCookieReply++;
   }
 
   private sendCookieReply(checker: CookieChecker, buf: Uint8Array, len: number, senderIndex: number, to: Endpoint, now: number): void {
@@ -511,10 +553,24 @@ export class WireGuardEngine {
     peer.sessionIndexes.length = 0;
   }
 
-  private deriveCrypto(publicKey: PublicKey, presharedKey: PresharedKey): PeerCrypto | null {
-    if (this.identity === null) return null;
+  /** The peer's handshake precomputation (whitepaper §5.4.2), derived when first needed. */
+  private cryptoOf(peer: EnginePeer): PeerCrypto | null {
+    if (peer.crypto === undefined) {
+      // Without a private key there is nothing to derive yet; setPrivateKey resets it to undefined.
+      if (this.identity === null) return null;
+      peer.crypto = this.deriveCrypto(this.identity, this.peerPublicKey(peer.id), peer.presharedKey);
+    }
+    return peer.crypto;
+  }
+
+  private cookiesOf(peer: EnginePeer): CookieGenerator {
+    peer.cookies ??= new CookieGenerator(this.peerPublicKey(peer.id));
+    return peer.cookies;
+  }
+
+  private deriveCrypto(identity: LocalIdentity, publicKey: PublicKey, presharedKey: PresharedKey): PeerCrypto | null {
     try {
-      return peerCrypto(this.identity, publicKey, presharedKey);
+      return peerCrypto(identity, publicKey, presharedKey);
     } catch {
       // A public key whose DH with ours is all zeros (a low-order point) can never handshake.
       return null;

@@ -54,6 +54,9 @@ export function applyRouteChanges(routes: AllowedIps, changes: RouteChanges): vo
   const { records, count } = changes;
   if (records.length < count * ROUTE_RECORD_BYTES) throw new RangeError('commands: route batch shorter than its count');
   const view = new DataView(records.buffer, records.byteOffset, records.byteLength);
+  let inserts = 0;
+  for (let at = 0; at < count * ROUTE_RECORD_BYTES; at += ROUTE_RECORD_BYTES) if (records[at] === ROUTE_INSERT) inserts++;
+  routes.expectInsertions(inserts);
   for (let i = 0, at = 0; i < count; i++, at += ROUTE_RECORD_BYTES) {
     const op = records[at];
     const peer = view.getUint32(at + ROUTE_PEER_OFFSET, true);

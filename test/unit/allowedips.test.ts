@@ -208,6 +208,38 @@ test('130,000 prefixes for one peer insert and remove fast, and freed nodes are 
   );
 });
 
+test('a batch announced with expectInsertions grows the arrays once, to less than step-by-step growth leaves', () => {
+  const fill = (table: AllowedIps): void => {
+    const bytes = new Uint8Array(4);
+    for (let peer = 0; peer < 10_000; peer++) {
+      bytes.set([10, peer >>> 16, (peer >>> 8) & 255, peer & 255]);
+      table.insert(bytes, 32, peer);
+    }
+  };
+  const stepwise = new AllowedIps();
+  fill(stepwise);
+  const announced = new AllowedIps();
+  announced.expectInsertions(10_000);
+  fill(announced);
+  assert.equal(announced.size, 10_000);
+  assert.equal(announced.nodeCount, stepwise.nodeCount);
+  for (const peer of [0, 1, 255, 256, 9_999]) {
+    assert.equal(lookup(announced, `10.0.${peer >>> 8}.${peer & 255}`), peer);
+    assert.deepEqual(announced.entriesOf(peer), stepwise.entriesOf(peer));
+  }
+  // 2n - 1 nodes at most for n prefixes: the announced table holds no more than that plus its start.
+  const bytesPerNode = 8 * 4 + 1 + 4 + 4 + 4;
+  const peerArrays = 2 * 4 * 16_384;
+  assert.ok(announced.byteLength <= (2 * 10_000 + 64) * bytesPerNode + peerArrays, `${announced.byteLength} bytes`);
+  assert.ok(announced.byteLength < stepwise.byteLength, `${announced.byteLength} < ${stepwise.byteLength} bytes`);
+  // Peer ids far apart are fine (the per-peer arrays grow to cover them).
+  insert(announced, '192.168.0.0/16', 2 ** 22 - 1);
+  assert.equal(lookup(announced, '192.168.1.1'), 2 ** 22 - 1);
+  announced.removePeer(2 ** 22 - 1);
+  assert.equal(lookup(announced, '192.168.1.1'), -1);
+  assert.deepEqual(announced.entriesOf(2 ** 21), []);
+});
+
 test('bad arguments are TypeErrors or RangeErrors', () => {
   const table = new AllowedIps();
   assert.throws(() => table.insert(new Uint8Array(5), 8, 1), TypeError);
@@ -217,6 +249,8 @@ test('bad arguments are TypeErrors or RangeErrors', () => {
   assert.throws(() => table.insert(new Uint8Array(4), 8.5, 1), RangeError);
   assert.throws(() => table.insert(new Uint8Array(4), 8, -1), RangeError);
   assert.throws(() => table.insert(new Uint8Array(4), 8, 2 ** 31), RangeError);
+  assert.throws(() => table.insert(new Uint8Array(4), 8, 2 ** 22), RangeError, 'peer ids index arrays, so they are bounded');
+  assert.throws(() => table.expectInsertions(-1), RangeError);
   assert.throws(() => table.remove(new Uint8Array(3), 8, 1), TypeError);
   assert.equal(table.remove(new Uint8Array(4), 0, -1), false, 'peer -1 never matches a glue node');
   assert.equal(table.size, 0);

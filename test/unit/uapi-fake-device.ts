@@ -45,7 +45,7 @@ export class FakeDevice {
     return { privateKey: this.privateKey, listenPort: this.listenPort, fwmark: this.fwmark, peers };
   }
 
-  apply(operations: readonly SetOperation[]): void {
+  apply(operations: Iterable<SetOperation>): void {
     for (const operation of operations) {
       if (operation.kind === 'listenPort' && this.busyPorts.has(operation.port)) {
         throw new UapiError(UAPI_ERRNO.portInUse, `fake: port ${operation.port} is in use`);

@@ -12,6 +12,7 @@ import {
   formatErrno,
   formatGet,
   parseSet,
+  setOperations,
   type Cidr,
   type DeviceSnapshot,
   type PeerOperation,
@@ -33,6 +34,21 @@ function onlyPeer(operations: SetOperation[]): PeerOperation {
   assert.equal(operation.kind, 'peer');
   return operation;
 }
+
+test('setOperations parses again on each iteration, the same operations, and throws only when iterated', () => {
+  const body = `listen_port=7\npublic_key=${KEY_A}\nallowed_ip=10.0.0.0/8\npublic_key=${KEY_B}\nremove=true\n`;
+  const operations = setOperations(body);
+  const first = [...operations];
+  const second = [...operations];
+  assert.deepEqual(first, parseSet(body));
+  assert.deepEqual(second, first);
+  assert.notEqual(second[1], first[1], 'each iteration parses afresh rather than keeping the first');
+  const bad = setOperations(`listen_port=7\npublic_key=${KEY_A}\nallowed_ip=10.0.0.0/99\n`);
+  const iterator = bad[Symbol.iterator]();
+  assert.deepEqual(iterator.next().value, { kind: 'listenPort', port: 7 });
+  assert.throws(() => iterator.next(), { errno: UAPI_ERRNO.invalid, message: /line 3/ });
+  assert.throws(() => setOperations(7 as unknown as string), TypeError);
+});
 
 test('device keys parse to operations in request order', () => {
   assert.deepEqual(
