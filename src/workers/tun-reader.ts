@@ -41,6 +41,7 @@ const inbox = new CommandInbox<ReaderCommand>(init.commandSignals, commandSignal
 const routes = new AllowedIps();
 const drops = { noRoute: 0, notIp: 0, noFreeSlot: 0, ringFull: 0, badOffload: 0 };
 const reporter = new DropReporter('tunReader');
+const dropCounts = (): typeof drops => drops;
 const slab = fabric.pool.slab;
 const vnetHeader = init.tunVnetHeader;
 /** Where a read lands in a slot's payload: the packet at the plaintext offset, its virtio header before it. */
@@ -53,7 +54,11 @@ const bytes = slab.bytes;
 const header = new VirtioHeader();
 const segmenter = new Segmenter();
 const backpressure = new Int32Array(new SharedArrayBuffer(4));
+/** Per worker in this batch: nothing pushed, pushed and rung, or pushed since it was rung. */
 const touched = new Uint8Array(workerCount);
+const UNTOUCHED = 0;
+const RUNG = 1;
+const PUSHED_SINCE_RING = 2;
 let running = true;
 /** True when the last batch ended on an empty queue: poll next instead of reading again. */
 let drained = false;
@@ -97,9 +102,8 @@ function readBatch(): number {
     count += vnetHeader ? dispatchOffloaded(slot, length - TUN_VNET_HDR_SIZE) : dispatch(slot, length);
   }
   for (let k = 0; k < workerCount; k++) {
-    if (touched[k] === 0) continue;
-    touched[k] = 0;
-    fabric.toWorker[k]!.doorbell.ring();
+    if (touched[k] === PUSHED_SINCE_RING) fabric.toWorker[k]!.doorbell.ring();
+    touched[k] = UNTOUCHED;
   }
   return count === 0 && full ? -1 : count;
 }
@@ -157,8 +161,15 @@ function dispatch(slot: number, length: number): number {
   slab.setPeerId(slot, peer);
   // Peer ids are assigned so that id % workerCount is the owning worker (see the control thread).
   const shard = peer % workerCount;
-  if (fabric.toWorker[shard]!.ring.push(slot)) {
-    touched[shard] = 1;
+  const link = fabric.toWorker[shard]!;
+  if (link.ring.push(slot)) {
+    // The first packet of a batch for a worker rings at once, so that a sleeping worker wakes
+    // while this thread finishes the batch (and makes the read that finds the queue empty);
+    // readBatch rings once more at the end if more followed it.
+    if (touched[shard] === UNTOUCHED) {
+      touched[shard] = RUNG;
+      link.doorbell.ring();
+    } else touched[shard] = PUSHED_SINCE_RING;
     return 1;
   }
   drops.ringFull++;
@@ -176,13 +187,14 @@ try {
     });
     if (!running) break;
     const read = readBatch();
+    // Reported before a wait rather than after it, so that a wake-up goes straight to the read.
+    reporter.maybeReport(dropCounts, performance.now());
     if (read === 0 || drained) waitReadable(fd, POLL_TIMEOUT_MS, init.wakeFd);
     else if (read < 0) Atomics.wait(backpressure, 0, 0, BACKPRESSURE_WAIT_MS);
-    reporter.maybeReport(() => drops, performance.now());
   }
 } catch (error) {
   // EBADFD: the interface was deleted under us; the control thread sees it too and shuts down.
   const message = error instanceof SyscallError ? error.message : String(error);
   notifyControl({ kind: 'fatal', thread: 'tunReader', message });
 }
-reporter.maybeReport(() => drops, performance.now(), true);
+reporter.maybeReport(dropCounts, performance.now(), true);

@@ -34,6 +34,7 @@ const socket = UdpSocket.attach(init.udpFd, { batchSize: BATCH });
 const inbox = new CommandInbox<UdpReaderCommand>(init.commandSignals, commandSignalIndex('udpReader', 0, workerCount));
 const drops = { notWireGuard: 0, badChannelData: 0, truncated: 0, noFreeSlot: 0, ringFull: 0, badSegments: 0 };
 const reporter = new DropReporter('udpReader');
+const dropCounts = (): typeof drops => drops;
 const slab = fabric.pool.slab;
 /** The whole slab memory, so segments are copied between slots without a view per datagram. */
 const slabBytes = new Uint8Array(slab.payloadView(0).buffer);
@@ -47,7 +48,11 @@ const armedSlots = new Int32Array(BATCH);
 const armedViews: Uint8Array[] = [];
 let armedCount = 0;
 const backpressure = new Int32Array(new SharedArrayBuffer(4));
+/** Per consumer (workers, then control) since the last ringTouched: nothing pushed, pushed and rung, or pushed since it was rung. */
 const touched = new Uint8Array(workerCount + 1);
+const UNTOUCHED = 0;
+const RUNG = 1;
+const PUSHED_SINCE_RING = 2;
 let running = true;
 /**
  * Slots whose ring was full, oldest first, with their targets. The reader asks for no more
@@ -79,7 +84,12 @@ function linkOf(target: number): OutboundLink {
 
 function route(link: OutboundLink, slot: number, target: number): void {
   if (pendingCount === 0 && link.ring.push(slot)) {
-    touched[target] = 1;
+    // The first datagram of a batch for a consumer rings at once, so that a sleeping consumer
+    // wakes while this thread dispatches the rest; ringTouched rings again at the end.
+    if (touched[target] === UNTOUCHED) {
+      touched[target] = RUNG;
+      link.doorbell.ring();
+    } else touched[target] = PUSHED_SINCE_RING;
     return;
   }
   if (pendingCount === pendingSlots.length) {
@@ -96,7 +106,7 @@ function route(link: OutboundLink, slot: number, target: number): void {
 function flushPending(): boolean {
   let done = 0;
   while (done < pendingCount && linkOf(pendingTargets[done]!).ring.push(pendingSlots[done]!)) {
-    touched[pendingTargets[done]!] = 1;
+    touched[pendingTargets[done]!] = PUSHED_SINCE_RING;
     done++;
   }
   if (done > 0) {
@@ -110,9 +120,8 @@ function flushPending(): boolean {
 
 function ringTouched(): void {
   for (let target = 0; target <= workerCount; target++) {
-    if (touched[target] === 0) continue;
-    touched[target] = 0;
-    linkOf(target).doorbell.ring();
+    if (touched[target] === PUSHED_SINCE_RING) linkOf(target).doorbell.ring();
+    touched[target] = UNTOUCHED;
   }
 }
 
@@ -333,9 +342,10 @@ while (running) {
   });
   if (!running) break;
   const received = receiveBatch();
+  // Reported before a wait rather than after it, so that a wake-up goes straight to the receive.
+  reporter.maybeReport(dropCounts, performance.now());
   // A short batch means the socket is drained: poll instead of asking it again.
   if (received < 0) Atomics.wait(backpressure, 0, 0, BACKPRESSURE_WAIT_MS);
   else if (drained) waitReadable(socket.fd, POLL_TIMEOUT_MS, init.wakeFd);
-  reporter.maybeReport(() => drops, performance.now());
 }
-reporter.maybeReport(() => drops, performance.now(), true);
+reporter.maybeReport(dropCounts, performance.now(), true);
