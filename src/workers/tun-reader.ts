@@ -54,11 +54,7 @@ const bytes = slab.bytes;
 const header = new VirtioHeader();
 const segmenter = new Segmenter();
 const backpressure = new Int32Array(new SharedArrayBuffer(4));
-/** Per worker in this batch: nothing pushed, pushed and rung, or pushed since it was rung. */
 const touched = new Uint8Array(workerCount);
-const UNTOUCHED = 0;
-const RUNG = 1;
-const PUSHED_SINCE_RING = 2;
 let running = true;
 /** True when the last batch ended on an empty queue: poll next instead of reading again. */
 let drained = false;
@@ -102,8 +98,9 @@ function readBatch(): number {
     count += vnetHeader ? dispatchOffloaded(slot, length - TUN_VNET_HDR_SIZE) : dispatch(slot, length);
   }
   for (let k = 0; k < workerCount; k++) {
-    if (touched[k] === PUSHED_SINCE_RING) fabric.toWorker[k]!.doorbell.ring();
-    touched[k] = UNTOUCHED;
+    if (touched[k] === 0) continue;
+    touched[k] = 0;
+    fabric.toWorker[k]!.doorbell.ring();
   }
   return count === 0 && full ? -1 : count;
 }
@@ -161,15 +158,8 @@ function dispatch(slot: number, length: number): number {
   slab.setPeerId(slot, peer);
   // Peer ids are assigned so that id % workerCount is the owning worker (see the control thread).
   const shard = peer % workerCount;
-  const link = fabric.toWorker[shard]!;
-  if (link.ring.push(slot)) {
-    // The first packet of a batch for a worker rings at once, so that a sleeping worker wakes
-    // while this thread finishes the batch (and makes the read that finds the queue empty);
-    // readBatch rings once more at the end if more followed it.
-    if (touched[shard] === UNTOUCHED) {
-      touched[shard] = RUNG;
-      link.doorbell.ring();
-    } else touched[shard] = PUSHED_SINCE_RING;
+  if (fabric.toWorker[shard]!.ring.push(slot)) {
+    touched[shard] = 1;
     return 1;
   }
   drops.ringFull++;

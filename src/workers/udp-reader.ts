@@ -48,11 +48,7 @@ const armedSlots = new Int32Array(BATCH);
 const armedViews: Uint8Array[] = [];
 let armedCount = 0;
 const backpressure = new Int32Array(new SharedArrayBuffer(4));
-/** Per consumer (workers, then control) since the last ringTouched: nothing pushed, pushed and rung, or pushed since it was rung. */
 const touched = new Uint8Array(workerCount + 1);
-const UNTOUCHED = 0;
-const RUNG = 1;
-const PUSHED_SINCE_RING = 2;
 let running = true;
 /**
  * Slots whose ring was full, oldest first, with their targets. The reader asks for no more
@@ -84,12 +80,7 @@ function linkOf(target: number): OutboundLink {
 
 function route(link: OutboundLink, slot: number, target: number): void {
   if (pendingCount === 0 && link.ring.push(slot)) {
-    // The first datagram of a batch for a consumer rings at once, so that a sleeping consumer
-    // wakes while this thread dispatches the rest; ringTouched rings again at the end.
-    if (touched[target] === UNTOUCHED) {
-      touched[target] = RUNG;
-      link.doorbell.ring();
-    } else touched[target] = PUSHED_SINCE_RING;
+    touched[target] = 1;
     return;
   }
   if (pendingCount === pendingSlots.length) {
@@ -106,7 +97,7 @@ function route(link: OutboundLink, slot: number, target: number): void {
 function flushPending(): boolean {
   let done = 0;
   while (done < pendingCount && linkOf(pendingTargets[done]!).ring.push(pendingSlots[done]!)) {
-    touched[pendingTargets[done]!] = PUSHED_SINCE_RING;
+    touched[pendingTargets[done]!] = 1;
     done++;
   }
   if (done > 0) {
@@ -120,8 +111,9 @@ function flushPending(): boolean {
 
 function ringTouched(): void {
   for (let target = 0; target <= workerCount; target++) {
-    if (touched[target] === PUSHED_SINCE_RING) linkOf(target).doorbell.ring();
-    touched[target] = UNTOUCHED;
+    if (touched[target] === 0) continue;
+    touched[target] = 0;
+    linkOf(target).doorbell.ring();
   }
 }
 
