@@ -41,6 +41,7 @@ const inbox = new CommandInbox<ReaderCommand>(init.commandSignals, commandSignal
 const routes = new AllowedIps();
 const drops = { noRoute: 0, notIp: 0, noFreeSlot: 0, ringFull: 0, badOffload: 0 };
 const reporter = new DropReporter('tunReader');
+const dropCounts = (): typeof drops => drops;
 const slab = fabric.pool.slab;
 const vnetHeader = init.tunVnetHeader;
 /** Where a read lands in a slot's payload: the packet at the plaintext offset, its virtio header before it. */
@@ -176,13 +177,14 @@ try {
     });
     if (!running) break;
     const read = readBatch();
+    // Reported before a wait rather than after it, so that a wake-up goes straight to the read.
+    reporter.maybeReport(dropCounts, performance.now());
     if (read === 0 || drained) waitReadable(fd, POLL_TIMEOUT_MS, init.wakeFd);
     else if (read < 0) Atomics.wait(backpressure, 0, 0, BACKPRESSURE_WAIT_MS);
-    reporter.maybeReport(() => drops, performance.now());
   }
 } catch (error) {
   // EBADFD: the interface was deleted under us; the control thread sees it too and shuts down.
   const message = error instanceof SyscallError ? error.message : String(error);
   notifyControl({ kind: 'fatal', thread: 'tunReader', message });
 }
-reporter.maybeReport(() => drops, performance.now(), true);
+reporter.maybeReport(dropCounts, performance.now(), true);

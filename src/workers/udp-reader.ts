@@ -34,6 +34,7 @@ const socket = UdpSocket.attach(init.udpFd, { batchSize: BATCH });
 const inbox = new CommandInbox<UdpReaderCommand>(init.commandSignals, commandSignalIndex('udpReader', 0, workerCount));
 const drops = { notWireGuard: 0, badChannelData: 0, truncated: 0, noFreeSlot: 0, ringFull: 0, badSegments: 0 };
 const reporter = new DropReporter('udpReader');
+const dropCounts = (): typeof drops => drops;
 const slab = fabric.pool.slab;
 /** The whole slab memory, so segments are copied between slots without a view per datagram. */
 const slabBytes = new Uint8Array(slab.payloadView(0).buffer);
@@ -333,9 +334,10 @@ while (running) {
   });
   if (!running) break;
   const received = receiveBatch();
+  // Reported before a wait rather than after it, so that a wake-up goes straight to the receive.
+  reporter.maybeReport(dropCounts, performance.now());
   // A short batch means the socket is drained: poll instead of asking it again.
   if (received < 0) Atomics.wait(backpressure, 0, 0, BACKPRESSURE_WAIT_MS);
   else if (drained) waitReadable(socket.fd, POLL_TIMEOUT_MS, init.wakeFd);
-  reporter.maybeReport(() => drops, performance.now());
 }
-reporter.maybeReport(() => drops, performance.now(), true);
+reporter.maybeReport(dropCounts, performance.now(), true);

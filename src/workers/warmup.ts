@@ -5,13 +5,20 @@
 // peer of its own and a random keypair, its own AllowedIps, Slab, DatagramMeta and TcpCoalescer,
 // its own slot pool, rings and doorbell —
 // so nothing touches a real peer, counter, ring, slot or socket, and no syscall is made.
+//
+// The scratch objects must have the shapes (V8 maps) and field representations the real ones will
+// have, or the optimized code deoptimizes on the first real packets ("wrong map", "not a Smi",
+// "insufficient type feedback"), just when a ping is waiting on it: keypair material arrives by
+// postMessage and its indexes are random u32s (half of them doubles to V8), a worker's own pool has
+// no return rings, and producers do find their consumer asleep.
 import type { AeadBackend } from '../wireguard/aead.ts';
 import { AllowedIps } from '../wireguard/allowedips.ts';
 import { shardOfIndex } from '../wireguard/indexes.ts';
 import { transportReceiverIndex } from '../wireguard/transport.ts';
 import { DatagramMeta, META_LOCAL_ADDRESS_BYTE, META_REMOTE_ADDRESS_BYTE } from '../io/udp.ts';
 import { PEER_RECORD_F64S, SLOT_PLAINTEXT_OFFSET } from '../ring/layout.ts';
-import { Doorbell } from '../ring/doorbell.ts';
+import { STAGED_QUEUE_SIZE } from '../wireguard/constants.ts';
+import { DEFAULT_SPIN_MICROS, Doorbell, waitForWork } from '../ring/doorbell.ts';
 import { Ring } from '../ring/ring.ts';
 import { Slab, SlotPool } from '../ring/slab.ts';
 import { Datapath, type DatagramSource } from './datapath.ts';
@@ -27,8 +34,11 @@ const V6_SOURCE = Uint8Array.of(0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 
 const V6_DESTINATION = Uint8Array.of(0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2);
 /** A ping's IP packet and a full-size one, so both small and large AEAD calls get compiled. */
 const PACKET_SIZES = [84, 1420] as const;
+/** A few rounds of staging are enough for the rarely-taken path before a peer's first handshake. */
+const STAGING_ROUNDS = 64;
 const SCRATCH_PEER = 0;
-const SCRATCH_INDEX = 0x5eed;
+/** At or above 2^31, like half of the random indexes a handshake picks: a double to V8, not a Smi. */
+const SCRATCH_INDEX = 0xc0de5eed;
 const SCRATCH_PORT = 51820;
 
 const noEffects = {
@@ -75,13 +85,21 @@ export function warmWorkerPaths(aead: AeadBackend, mtu: number, source: Datagram
   const key = crypto.getRandomValues(new Uint8Array(32));
   datapath.addPeer(SCRATCH_PEER);
   datapath.setEndpoint(SCRATCH_PEER, source.toEndpoint());
-  datapath.installKeypair(SCRATCH_PEER, {
-    localIndex: SCRATCH_INDEX, remoteIndex: SCRATCH_INDEX, sendKey: key, receiveKey: key, isInitiator: true, createdAt: now,
-  });
-  datapath.routes.insert(V4_SOURCE, 32, SCRATCH_PEER);
-  datapath.routes.insert(V6_SOURCE, 128, SCRATCH_PEER);
   const slab = Slab.create(1);
   const payload = slab.payloadView(0);
+  // A peer's first packets wait for its handshake: the staging path runs for real once per peer.
+  for (let round = 0; round < STAGING_ROUNDS; round++) {
+    writeIpPacket(payload, SLOT_PLAINTEXT_OFFSET, PACKET_SIZES[0], 4);
+    datapath.encrypt(SCRATCH_PEER, round, payload, PACKET_SIZES[0], now);
+    if (round % STAGED_QUEUE_SIZE === STAGED_QUEUE_SIZE - 1) datapath.clearStaged(SCRATCH_PEER);
+  }
+  datapath.clearStaged(SCRATCH_PEER);
+  // The field order of the engine's installKeypair event, through the same structured clone as postMessage.
+  datapath.installKeypair(SCRATCH_PEER, structuredClone({
+    localIndex: SCRATCH_INDEX, remoteIndex: SCRATCH_INDEX, sendKey: key, receiveKey: key, isInitiator: true, createdAt: now,
+  }));
+  datapath.routes.insert(V4_SOURCE, 32, SCRATCH_PEER);
+  datapath.routes.insert(V6_SOURCE, 128, SCRATCH_PEER);
   const meta = new DatagramMeta(1);
   const coalescer = new TcpCoalescer();
   const peerOut = new Int32Array(1);
@@ -101,7 +119,28 @@ export function warmWorkerPaths(aead: AeadBackend, mtu: number, source: Datagram
     if (length === ipLength && payload[SLOT_PLAINTEXT_OFFSET] === (version === 4 ? 0x45 : 0x60)) intact++;
     if (length > 0 && !coalescer.add(payload, SLOT_PLAINTEXT_OFFSET, length) && coalescer.pending) coalescer.finish();
   }
+  warmWaitPaths(rounds);
   return intact;
+}
+
+/**
+ * A worker's idle wait on a scratch doorbell, ending each way it can: work found while spinning,
+ * work found after announcing sleep, or a wait that times out at once (a zero timeout: no sleep).
+ * Returns how many ended as planned.
+ */
+export function warmWaitPaths(rounds: number = WARMUP_ROUNDS): number {
+  const doorbell = Doorbell.create();
+  let looksUntilWork = 0;
+  const hasWork = (): boolean => looksUntilWork-- === 0;
+  let planned = 0;
+  for (let round = 0; round < rounds; round++) {
+    const ending = round % 3;
+    // 0: found on the fourth look of a spin; 1: no spin, found on the look after announcing sleep; 2: never found.
+    looksUntilWork = ending === 0 ? 3 : ending === 1 ? 0 : -1;
+    const reason = waitForWork(doorbell, 0, hasWork, ending === 0 ? DEFAULT_SPIN_MICROS : 0);
+    if (reason === (ending === 2 ? 'timed-out' : 'work')) planned++;
+  }
+  return planned;
 }
 
 /** The TUN reader's paths: slot traffic (warmRingPaths), the AllowedIPs lookup by destination and the slot header writes. Returns how many found the scratch peer. */
@@ -149,10 +188,13 @@ export function warmUdpReaderPaths(shardCount: number, rounds: number = WARMUP_R
       remote[k] = meta.bytes[META_REMOTE_ADDRESS_BYTE + k]!;
       local[k] = meta.localFamily(0) === 0 ? 0 : meta.bytes[META_LOCAL_ADDRESS_BYTE + k]!;
     }
-    // The receiver index is little-endian at bytes 4..7 (whitepaper §5.4.6).
+    // The receiver index is little-endian at bytes 4..7 (whitepaper §5.4.6); every other one is at
+    // or above 2^31, a double to V8, as half of the real ones are.
     payload[4] = round & 0xff;
     payload[5] = (round >> 8) & 0xff;
-    if (shardOfIndex(transportReceiverIndex(payload), shardCount) === round % shardCount) routed++;
+    payload[7] = (round & 1) << 7;
+    const index = (round & 1) * 2 ** 31 + (round & 0xffff);
+    if (shardOfIndex(transportReceiverIndex(payload), shardCount) === index % shardCount) routed++;
   }
   return routed;
 }
@@ -163,17 +205,26 @@ export function warmUdpReaderPaths(shardCount: number, rounds: number = WARMUP_R
  * reclaim it. Returns how many slots made the whole trip.
  */
 export function warmRingPaths(rounds: number = WARMUP_ROUNDS): number {
-  const returnRing = Ring.create(4);
-  const pool = new SlotPool(Slab.create(2), [returnRing]);
+  // Return rings in an array built as fabric.ts builds a reader's (by map), and none at all, as a
+  // worker's own pool has: the two array shapes the real pools have.
+  const returnRings = [Ring.create(4)].map((ring) => ring);
+  const returnRing = returnRings[0]!;
+  const pool = new SlotPool(Slab.create(2), returnRings);
+  const ownPool = new SlotPool(Slab.create(1), []);
   const ring = Ring.create(4);
   const doorbell = Doorbell.create();
   const popped = new Uint32Array(4);
   let trips = 0;
   for (let round = 0; round < rounds; round++) {
     pool.reclaim();
+    ownPool.reclaim();
+    ownPool.release(ownPool.allocate());
     const slot = pool.allocate();
     if (slot < 0 || !ring.push(slot)) continue;
+    // Every other round the consumer is "asleep", so ring() notifies (nobody waits: no syscall).
+    if ((round & 1) === 1) doorbell.announceSleep();
     doorbell.ring();
+    doorbell.wake();
     if (ring.freeSpace() > 0 && ring.popBatch(popped) === 1 && returnRing.push(popped[0]!)) trips++;
   }
   return trips;

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { aeadBackend } from '../../src/wireguard/aead.ts';
 import type { Endpoint } from '../../src/wireguard/endpoint.ts';
 import type { DatagramSource } from '../../src/workers/datapath.ts';
-import { warmRingPaths, warmTunReaderPaths, warmUdpReaderPaths, warmWorkerPaths } from '../../src/workers/warmup.ts';
+import { warmRingPaths, warmTunReaderPaths, warmUdpReaderPaths, warmWaitPaths, warmWorkerPaths } from '../../src/workers/warmup.ts';
 
 /** A source that records how it was used, to show the warm-up only reads it. */
 class RecordingSource implements DatagramSource {
@@ -42,4 +42,8 @@ test('warmUdpReaderPaths routes every scratch datagram to the shard of its recei
 test('warmRingPaths moves every slot through pool, ring and return ring without losing one', () => {
   // Two slots in the scratch pool: a slot not handed back would run the pool dry within rounds.
   assert.equal(warmRingPaths(100), 100);
+});
+
+test('warmWaitPaths ends each idle wait as planned: work while spinning, work after announcing sleep, timed out', () => {
+  assert.equal(warmWaitPaths(300), 300);
 });

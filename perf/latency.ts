@@ -1,0 +1,200 @@
+// Ping RTT through the tunnel, ztgate against wireguard-go, back to back in the same run: for each
+// round and each pair (in a fresh lab: two namespaces joined by veth, test/lab/lab.ts), a few
+// warm-up pings (and, with --preheat N, a flood of N pings first), then `--count` pings at each
+// interval of `--intervals`, then the idle CPU of each daemon over `--idle-seconds`. Pairs
+// alternate from round to round so that a change in machine load hits all of them alike.
+//
+// Per pair and interval it prints the RTT median, p25, p90 and min over every round, and what the
+// two daemons spent per ping from their threads' /proc schedstat: CPU time, time runnable but
+// waiting for a CPU (high when the machine is busy: the RTTs are then unreliable) and switch-ins
+// (for threads that sleep between packets, the wake-ups). --threads adds the same per thread.
+//
+// Light traffic is where a userspace data plane pays for waking threads: at -i 0.2 and -i 1 every
+// packet finds every thread asleep. The issue-3 goal is "no worse than wireguard-go" there.
+//
+//   node perf/latency.ts [--count 30] [--intervals 0.2,1] [--rounds 2] [--workers 2]
+//                        [--pairs ztgate,wireguard-go] [--idle-seconds 3] [--preheat N] [--threads]
+//
+// Needs root (namespaces), ping and wireguard-go. Bounded: every ping has a deadline, and each lab
+// removes its namespaces and daemons when its pair is done, even on failure.
+import { parseArgs } from 'node:util';
+import { readFileSync, readdirSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { describeMachine } from '../bench/harness.ts';
+import { parseCpuTicks } from './measure.ts';
+import { buildPair, requireRoot, run, withLab, wireguardGo, ztgate } from '../test/lab/lab.ts';
+import type { Netns, WgImpl } from '../test/lab/lab.ts';
+
+const { values } = parseArgs({
+  options: {
+    count: { type: 'string', default: '30' },
+    intervals: { type: 'string', default: '0.2,1' },
+    rounds: { type: 'string', default: '2' },
+    workers: { type: 'string', default: '2' },
+    pairs: { type: 'string', default: 'ztgate,wireguard-go' },
+    'idle-seconds': { type: 'string', default: '3' },
+    preheat: { type: 'string', default: '0' },
+    threads: { type: 'boolean', default: false },
+  },
+});
+const count = Number(values.count);
+const rounds = Number(values.rounds);
+const workers = Number(values.workers);
+const idleSeconds = Number(values['idle-seconds']);
+const preheat = Number(values.preheat);
+if (!(Number.isInteger(preheat) && preheat >= 0 && preheat <= 100_000)) throw new RangeError('latency: --preheat must be an integer 0..100000');
+for (const [name, value, max] of [['count', count, 500], ['rounds', rounds, 20], ['workers', workers, 64],
+  ['idle-seconds', idleSeconds, 60]] as const) {
+  if (!(Number.isInteger(value) && value >= 1 && value <= max)) throw new RangeError(`latency: --${name} must be an integer 1..${max}`);
+}
+const intervals = values.intervals.split(',').map(Number);
+for (const interval of intervals) {
+  // ping(8) refuses intervals below 0.002 s; above 5 s a run would take minutes.
+  if (!(interval >= 0.002 && interval <= 5)) throw new RangeError(`latency: each interval must be 0.002..5 s, got ${interval}`);
+}
+const pairNames = values.pairs.split(',').map((p) => p.trim()).filter(Boolean);
+
+function pairing(name: string): { a: WgImpl; b: WgImpl } {
+  switch (name) {
+    case 'ztgate': return { a: ztgate(workers), b: ztgate(workers) };
+    case 'mixed': return { a: ztgate(workers), b: wireguardGo };
+    case 'wireguard-go': return { a: wireguardGo, b: wireguardGo };
+    default: throw new RangeError(`latency: unknown pair ${JSON.stringify(name)} (ztgate, mixed or wireguard-go)`);
+  }
+}
+
+/** Every reply's RTT in ms, in order (ping's per-reply `time=` lines). */
+async function pingTimes(ns: Netns, target: string, n: number, intervalS: number): Promise<number[]> {
+  const deadlineS = Math.ceil(n * intervalS + 3);
+  const result = await ns.exec('ping', ['-n', '-c', String(n), '-i', String(intervalS), '-W', '1', '-w', String(deadlineS), target],
+    { check: false, timeoutMs: (deadlineS + 5) * 1000 });
+  return [...result.stdout.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
+}
+
+function quantile(sorted: readonly number[], q: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
+}
+
+const clockTicks = Number((await run('getconf', ['CLK_TCK'])).stdout.trim()) || 100;
+const cpuSeconds = (pid: number): number => parseCpuTicks(readFileSync(`/proc/${pid}/stat`, 'utf8')) / clockTicks;
+
+/**
+ * Per thread, from /proc/PID/task/TID/schedstat (ns resolution, unlike /proc/PID/stat's ticks):
+ * time on a CPU, time runnable but waiting for one, and how many times it was switched in — for
+ * threads that sleep between packets, their wake-ups. Summed by side and thread name.
+ */
+type SchedStat = { onCpuNs: number; waitNs: number; slices: number };
+const ZERO: SchedStat = { onCpuNs: 0, waitNs: 0, slices: 0 };
+
+function addStat(into: Map<string, SchedStat>, key: string, x: SchedStat, sign = 1): void {
+  const sum = into.get(key) ?? ZERO;
+  into.set(key, { onCpuNs: sum.onCpuNs + sign * x.onCpuNs, waitNs: sum.waitNs + sign * x.waitNs, slices: sum.slices + sign * x.slices });
+}
+
+function schedStats(pids: readonly number[]): Map<string, SchedStat> {
+  const byThread = new Map<string, SchedStat>();
+  for (const [side, pid] of pids.entries()) {
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      let comm: string;
+      let fields: number[];
+      try {
+        comm = readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
+        fields = readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').trim().split(' ').map(Number);
+      } catch {
+        continue; // the thread exited in between
+      }
+      // Node names a worker thread after its script, cut to 15 characters: "../workers/tun-".
+      const name = `${side === 0 ? 'A' : 'B'} ${comm.replace('../workers/', '')}`;
+      addStat(byThread, name, { onCpuNs: fields[0] ?? 0, waitNs: fields[1] ?? 0, slices: fields[2] ?? 0 });
+    }
+  }
+  return byThread;
+}
+
+/** RTTs per pair and interval, and idle CPU % per pair (both sides), gathered over the rounds. */
+const samples = new Map<string, number[]>();
+/** Both daemons' schedstat rise over each interval's pings, per thread name, summed over the rounds. */
+const perPing = new Map<string, Map<string, SchedStat>>();
+const idle = new Map<string, number[]>();
+const sent = new Map<string, number>();
+
+async function measure(name: string): Promise<void> {
+  const { a, b } = pairing(name);
+  await withLab(async (lab) => {
+    const pair = await buildPair(lab, { implA: a, implB: b });
+    // The handshake, and the first packets through freshly started threads, are not what we measure.
+    await pingTimes(pair.a.ns, pair.b.tunnelV4, 5, 0.05);
+    if (preheat > 0) {
+      // A flood first: what light traffic costs once the JIT has seen plenty of packets.
+      await pair.a.ns.exec('ping', ['-n', '-q', '-f', '-c', String(preheat), '-w', '60', pair.b.tunnelV4], { check: false, timeoutMs: 65_000 });
+    }
+    const pids = [pair.a.daemon.process.pid, pair.b.daemon.process.pid];
+    for (const interval of intervals) {
+      const key = `${name}|${interval}`;
+      const before = schedStats(pids);
+      const times = await pingTimes(pair.a.ns, pair.b.tunnelV4, count, interval);
+      const after = schedStats(pids);
+      samples.set(key, [...(samples.get(key) ?? []), ...times]);
+      sent.set(key, (sent.get(key) ?? 0) + count);
+      const rise = perPing.get(key) ?? new Map<string, SchedStat>();
+      for (const [name, stat] of after) addStat(rise, name, stat);
+      for (const [name, stat] of before) if (after.has(name)) addStat(rise, name, stat, -1);
+      perPing.set(key, rise);
+    }
+    await sleep(500);
+    const before = pids.map(cpuSeconds);
+    await sleep(idleSeconds * 1000);
+    const percent = pids.map((pid, i) => (100 * (cpuSeconds(pid) - before[i]!)) / idleSeconds);
+    idle.set(name, [...(idle.get(name) ?? []), ...percent]);
+  });
+}
+
+await requireRoot();
+console.log(describeMachine());
+console.log(`${count} pings per interval per round, ${rounds} round(s), intervals ${intervals.join(', ')} s, ` +
+  `ztgate with ${workers} workers`);
+for (let round = 0; round < rounds; round++) {
+  // Alternate the order from round to round as well, so that no pair always goes first.
+  const order = round % 2 === 0 ? pairNames : [...pairNames].reverse();
+  for (const name of order) {
+    process.stderr.write(`latency: round ${round + 1}/${rounds}: ${name}\n`);
+    await measure(name);
+  }
+}
+
+const header = ['pair', 'interval s', 'replies', 'median ms', 'p25 ms', 'p90 ms', 'min ms', 'CPU µs/ping', 'runq wait µs/ping',
+  'switch-ins/ping', 'idle CPU % (A, B)'];
+const rows = pairNames.flatMap((name) => intervals.map((interval) => {
+  const key = `${name}|${interval}`;
+  const times = [...(samples.get(key) ?? [])].sort((x, y) => x - y);
+  const cpu = idle.get(name) ?? [];
+  const sched = { onCpuNs: 0, waitNs: 0, slices: 0 };
+  for (const stat of perPing.get(key)?.values() ?? []) {
+    sched.onCpuNs += stat.onCpuNs;
+    sched.waitNs += stat.waitNs;
+    sched.slices += stat.slices;
+  }
+  const pings = Math.max(1, sent.get(key) ?? 0);
+  const meanA = cpu.filter((_, i) => i % 2 === 0).reduce((s, v) => s + v, 0) / Math.max(1, cpu.length / 2);
+  const meanB = cpu.filter((_, i) => i % 2 === 1).reduce((s, v) => s + v, 0) / Math.max(1, cpu.length / 2);
+  return [name, String(interval), `${times.length}/${sent.get(key) ?? 0}`, quantile(times, 0.5).toFixed(3),
+    quantile(times, 0.25).toFixed(3), quantile(times, 0.9).toFixed(3), quantile(times, 0).toFixed(3),
+    (sched.onCpuNs / 1000 / pings).toFixed(0), (sched.waitNs / 1000 / pings).toFixed(0), (sched.slices / pings).toFixed(1),
+    `${meanA.toFixed(2)}, ${meanB.toFixed(2)}`];
+}));
+const widths = header.map((h, col) => Math.max(h.length, ...rows.map((r) => r[col]!.length)));
+const line = (row: readonly string[]): string => row.map((c, col) => (col === 0 ? c.padEnd(widths[col]!) : c.padStart(widths[col]!))).join('  ');
+console.log([line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n'));
+if (values.threads) {
+  // Where the CPU time and the wake-ups of one ping go, thread by thread (both sides).
+  for (const [key, byThread] of perPing) {
+    const pings = Math.max(1, sent.get(key) ?? 0);
+    console.log(`\n${key.replace('|', ', interval ')} s: per ping, CPU µs / switch-ins`);
+    for (const [name, stat] of [...byThread].sort(([x], [y]) => x.localeCompare(y))) {
+      if (stat.onCpuNs / 1000 / pings < 1) continue;
+      console.log(`  ${name.padEnd(24)} ${(stat.onCpuNs / 1000 / pings).toFixed(0).padStart(6)}  ${(stat.slices / pings).toFixed(1).padStart(5)}`);
+    }
+  }
+}
+console.log(describeMachine().replace(/^machine: .*; load/, 'after the run: load'));
