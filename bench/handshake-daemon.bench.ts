@@ -71,6 +71,9 @@ interface ThreadResult {
   readonly exhausted: boolean;
   readonly windowMs: number;
   readonly prepareMs: number;
+  readonly warmupResponses: number;
+  readonly warmupCookieReplies: number;
+  readonly warmupTimedOut: number;
 }
 
 /** An initiation not answered within this long is counted as lost and its peer moves on. */
@@ -88,6 +91,8 @@ interface PreparedInitiation {
   readonly peer: number;
   response: Uint8Array | null;
   sentAt: number;
+  /** Sent in the timed window (not the warm-up). */
+  timed: boolean;
   late: boolean;
 }
 
@@ -123,7 +128,7 @@ async function runGeneratorThread(data: ThreadData): Promise<void> {
       const peer = peers[p]!;
       const message = new Uint8Array(MESSAGE_INITIATION_SIZE);
       const state = createInitiation(peer.identity, peer.crypto, indexOf(thread, prepared.length), timestamp, message);
-      prepared.push({ message, state, peer: p, response: null, sentAt: 0, late: false });
+      prepared.push({ message, state, peer: p, response: null, sentAt: 0, timed: false, late: false });
     }
   }
   const prepareMs = performance.now() - prepareStart;
@@ -132,16 +137,20 @@ async function runGeneratorThread(data: ThreadData): Promise<void> {
   await new Promise<void>((resolve) => socket.bind(0, resolve));
   socket.setRecvBufferSize(4 << 20);
   socket.setSendBufferSize(4 << 20);
-  parentPort!.postMessage({ kind: 'ready' });
-  await new Promise<void>((resolve) => parentPort!.once('message', () => resolve()));
+  const nextMessage = (): Promise<void> => new Promise<void>((resolve) => parentPort!.once('message', () => resolve()));
+  parentPort!.postMessage({ kind: 'prepared' });
+  await nextMessage();
 
-  const counts = { sent: 0, resent: 0, responses: 0, lateResponses: 0, unexpected: 0, cookieReplies: 0, badCookieReplies: 0, timedOut: 0 };
+  const zero = { sent: 0, resent: 0, responses: 0, lateResponses: 0, unexpected: 0, cookieReplies: 0, badCookieReplies: 0, timedOut: 0 };
+  let counts = { ...zero };
   const inFlight = new Set<PreparedInitiation>();
-  const start = performance.now();
-  const deadline = start + config.seconds * 1000;
-  let running = true;
+  /** warm-up: every peer's first initiation, untimed, so each peer holds its cookie; then timed. */
+  let phase: 'warmup' | 'timed' | 'over' = 'warmup';
+  let deadline = Infinity;
   let exhausted = false;
   let cursor = 0;
+  let warmed = 0;
+  let onWarm: (() => void) | null = null;
 
   const send = (initiation: PreparedInitiation, now: number): void => {
     const peer = peers[initiation.peer]!;
@@ -153,16 +162,17 @@ async function runGeneratorThread(data: ThreadData): Promise<void> {
   /** Keeps `window` initiations in flight: each from a peer with none outstanding and not sent to lately. */
   const refill = (): void => {
     const now = performance.now();
-    for (let tries = 0; running && inFlight.size < config.window && tries < peers.length; tries++) {
+    for (let tries = 0; phase !== 'over' && inFlight.size < config.window && tries < peers.length; tries++) {
       const p = cursor;
       cursor = (cursor + 1) % peers.length;
       const peer = peers[p]!;
       if (peer.busy || now - peer.lastSentAt < PER_PEER_GAP_MS) continue;
-      if (peer.next >= config.perPeer) {
-        exhausted = true;
+      if (peer.next >= (phase === 'warmup' ? 1 : config.perPeer)) {
+        if (phase === 'timed') exhausted = true;
         continue;
       }
       const initiation = prepared[peer.next * peers.length + p]!;
+      initiation.timed = phase === 'timed';
       peer.next++;
       peer.busy = true;
       inFlight.add(initiation);
@@ -173,6 +183,7 @@ async function runGeneratorThread(data: ThreadData): Promise<void> {
   const finish = (initiation: PreparedInitiation): void => {
     inFlight.delete(initiation);
     peers[initiation.peer]!.busy = false;
+    if (!initiation.timed && ++warmed === peers.length) onWarm?.();
   };
 
   socket.on('message', (msg: Buffer) => {
@@ -197,7 +208,7 @@ async function runGeneratorThread(data: ThreadData): Promise<void> {
         counts.cookieReplies++;
         // The daemon did not consume it (no timestamp kept), so the same initiation, now with
         // mac2, is as fresh as a new one.
-        if (running) {
+        if (phase !== 'over') {
           counts.resent++;
           send(initiation, now);
           return;
@@ -205,10 +216,8 @@ async function runGeneratorThread(data: ThreadData): Promise<void> {
       } else counts.badCookieReplies++;
       finish(initiation);
     } else counts.unexpected++;
-    if (running) refill();
+    refill();
   });
-
-  refill();
   const sweep = setInterval(() => {
     const now = performance.now();
     for (const initiation of inFlight) {
@@ -217,11 +226,25 @@ async function runGeneratorThread(data: ThreadData): Promise<void> {
         finish(initiation);
       }
     }
-    if (running) refill();
+    refill();
   }, 50);
+
+  const warm = new Promise<void>((resolve) => (onWarm = resolve));
+  refill();
+  await warm;
+  const warmup = counts;
+  counts = { ...zero };
+  parentPort!.postMessage({ kind: 'warm' });
+  await nextMessage();
+
+  phase = 'timed';
+  const start = performance.now();
+  deadline = start + config.seconds * 1000;
+  refill();
   await sleep(Math.max(0, deadline - performance.now()));
-  running = false;
+  phase = 'over';
   const windowMs = performance.now() - start;
+  parentPort!.postMessage({ kind: 'stopped' });
   // Answers already on their way still arrive (counted as late, not in the rate).
   await sleep(300);
   clearInterval(sweep);
@@ -232,14 +255,17 @@ async function runGeneratorThread(data: ThreadData): Promise<void> {
   let invalidResponses = 0;
   const checkers = peers.map((peer) => new CookieChecker(peer.identity.publicKey));
   for (const initiation of prepared) {
-    if (initiation.response === null || initiation.late) continue;
+    if (initiation.response === null || !initiation.timed || initiation.late) continue;
     const peer = peers[initiation.peer]!;
     const ok = checkers[initiation.peer]!.checkMac1(initiation.response, MESSAGE_RESPONSE_SIZE) &&
       consumeResponse(initiation.state, peer.identity, peer.crypto, initiation.response) !== null;
     if (ok) validResponses++;
     else invalidResponses++;
   }
-  const result: ThreadResult = { ...counts, validResponses, invalidResponses, exhausted, windowMs, prepareMs };
+  const result: ThreadResult = {
+    ...counts, validResponses, invalidResponses, exhausted, windowMs, prepareMs,
+    warmupResponses: warmup.responses, warmupCookieReplies: warmup.cookieReplies, warmupTimedOut: warmup.timedOut,
+  };
   parentPort!.postMessage({ kind: 'result', result });
 }
 
@@ -273,13 +299,20 @@ async function runGenerator(configPath: string): Promise<void> {
     w.on('message', onMessage);
     w.once('error', reject);
   });
-  const ready = workers.map((w) => message(w, 'ready'));
+  const prepared = workers.map((w) => message(w, 'prepared'));
+  const warm = workers.map((w) => message(w, 'warm'));
+  const stopped = workers.map((w) => message(w, 'stopped'));
   const results = workers.map((w) => message(w, 'result'));
-  await Promise.all(ready);
+  await Promise.all(prepared);
+  console.log('prepared');
+  for (const w of workers) w.postMessage('warm up');
+  await Promise.all(warm);
   console.log('ready');
   await new Promise<void>((resolve) => process.stdin.once('data', () => resolve()));
   console.log('go');
   for (const w of workers) w.postMessage('go');
+  await Promise.all(stopped);
+  console.log('stopped');
   const done = await Promise.all(results);
   console.log(`result ${JSON.stringify(done.map((d) => d.result))}`);
   await Promise.all(workers.map((w) => w.terminate()));
@@ -305,6 +338,13 @@ async function threadCpu(pid: number): Promise<Map<number, { name: string; secon
     out.set(Number(tid), { name, seconds: (Number(fields[11]) + Number(fields[12])) / ticksPerSecond });
   }
   return out;
+}
+
+/** CPU seconds (user + system) of all of a process's threads. */
+async function processCpu(pid: number): Promise<number> {
+  let total = 0;
+  for (const { seconds } of (await threadCpu(pid)).values()) total += seconds;
+  return total;
 }
 
 /** The UDP line of /proc/net/snmp in a namespace, as name → count. */
@@ -380,24 +420,34 @@ async function runBench(): Promise<void> {
     const configPath = await lab.tempFile('generator.json', JSON.stringify(config));
     const generator = lab.spawn(generatorNs, process.execPath, [new URL(import.meta.url).pathname, '--generator', configPath], undefined, { stdin: true });
     let resultLine: string | null = null;
+    // Sampled the moment the generator stops sending (it then checks the responses at leisure).
+    const windowEnd: { sample: Promise<{ cpu: Map<number, { name: string; seconds: number }>; generatorCpu: number; wallMs: number }> | null } = { sample: null };
     generator.onStdoutLine((line) => {
       if (line.startsWith('result ')) resultLine = line.slice('result '.length);
+      if (line === 'stopped') {
+        windowEnd.sample = Promise.all([threadCpu(daemon.process.pid), processCpu(generator.pid)])
+          .then(([cpu, generatorCpu]) => ({ cpu, generatorCpu, wallMs: performance.now() }));
+      }
     });
     const prepareStart = performance.now();
-    await generator.waitForOutput(/^ready$/m, 600_000);
+    await generator.waitForOutput(/^prepared$/m, 600_000);
     console.log(`generator: ${threads} thread(s), ${perPeer} initiations prepared per peer in ${((performance.now() - prepareStart) / 1000).toFixed(1)} s, window ${window} per thread`);
+    const warmStart = performance.now();
+    await generator.waitForOutput(/^ready$/m, 600_000);
+    const warmSeconds = (performance.now() - warmStart) / 1000;
 
     const daemonNsRun = async (args: readonly string[]): Promise<string> => (await daemonNs.exec(args[0]!, args.slice(1))).stdout;
     const udpBefore = await udpCounters(daemonNsRun);
     const cpuBefore = await threadCpu(daemon.process.pid);
+    const generatorCpuBefore = await processCpu(generator.pid);
     const wallStart = performance.now();
     generator.write('go\n');
-    await generator.waitForOutput(/^result /m, (seconds + 600) * 1000);
-    // The window ended about 300 ms before the result (late answers): sample right away, then
-    // correct for that grace period by reporting CPU per wall second of the sampled interval.
-    const cpuAfter = await threadCpu(daemon.process.pid);
-    const wallSeconds = (performance.now() - wallStart) / 1000;
+    await generator.waitForOutput(/^stopped$/m, (seconds + 600) * 1000);
     const udpAfter = await udpCounters(daemonNsRun);
+    await generator.waitForOutput(/^result /m, 600_000);
+    if (windowEnd.sample === null) throw new Error('bench: the generator did not say when it stopped');
+    const { cpu: cpuAfter, generatorCpu, wallMs } = await windowEnd.sample;
+    const wallSeconds = (wallMs - wallStart) / 1000;
     await sleep(2_500); // Drop records are written at most every 2 s.
     const drops = lastDropRecords(daemon.process.output());
     await daemon.stop();
@@ -407,6 +457,8 @@ async function runBench(): Promise<void> {
     const sum = (key: keyof ThreadResult): number => results.reduce((n, r) => n + Number(r[key]), 0);
     const windowSeconds = Math.max(...results.map((r) => r.windowMs)) / 1000;
     const valid = sum('validResponses');
+    console.log(`warm-up (one handshake per peer, untimed): ${warmSeconds.toFixed(1)} s, ${sum('warmupResponses')} responses, ` +
+      `${sum('warmupCookieReplies')} cookie replies, ${sum('warmupTimedOut')} unanswered`);
     console.log(`window ${windowSeconds.toFixed(2)} s: sent ${sum('sent')} initiations (+${sum('resent')} resent with mac2 after a cookie reply)`);
     console.log(`  responses ${sum('responses')} (valid ${valid}, invalid ${sum('invalidResponses')}), late ${sum('lateResponses')}, ` +
       `cookie replies ${sum('cookieReplies')} (bad ${sum('badCookieReplies')}), unanswered after ${ANSWER_TIMEOUT_MS} ms ${sum('timedOut')}, ` +
@@ -424,6 +476,7 @@ async function runBench(): Promise<void> {
     console.log(`  daemon CPU over ${wallSeconds.toFixed(2)} s: ${total.toFixed(2)} s in all (${(total / wallSeconds * 100).toFixed(0)} % of a core), ` +
       `control thread ${control.toFixed(2)} s (${(control / wallSeconds * 100).toFixed(0)} %); ` +
       `${valid > 0 ? ((total / valid) * 1e6).toFixed(0) : '-'} µs of daemon CPU and ${valid > 0 ? ((control / valid) * 1e6).toFixed(0) : '-'} µs of control-thread CPU per handshake`);
+    console.log(`  generator CPU (same machine): ${(generatorCpu - generatorCpuBefore).toFixed(2)} s`);
     console.log(`  by thread: ${[...byName].sort((a, b) => b[1] - a[1]).map(([n, s]) => `${n} ${s.toFixed(2)} s`).join(', ')}`);
     const udpDelta = Object.fromEntries(['InDatagrams', 'RcvbufErrors', 'InErrors', 'OutDatagrams', 'SndbufErrors']
       .map((k) => [k, (udpAfter[k] ?? 0) - (udpBefore[k] ?? 0)]));

@@ -3,7 +3,7 @@
 // touches transport packets: those flow TUN ⇄ worker ⇄ UDP through the shared-memory fabric.
 import { Worker } from 'node:worker_threads';
 import { randomBytes, randomInt } from 'node:crypto';
-import { networkInterfaces } from 'node:os';
+import { availableParallelism, networkInterfaces } from 'node:os';
 import type { Logger } from '../main/log.ts';
 import { monotonicNow } from '../clock.ts';
 import { SyscallError, ZtgateError } from '../errors.ts';
@@ -17,6 +17,7 @@ import { closeFd, createEventFd, setIntOption, signalEventFd, SOL_SOCKET } from 
 import { AllowedIps } from '../wireguard/allowedips.ts';
 import { DEFAULT_MTU, UNDER_LOAD_AFTER_TIME_MS } from '../wireguard/constants.ts';
 import { WireGuardEngine, type EngineEvent } from '../wireguard/engine.ts';
+import type { HandshakeJobResult } from '../wireguard/noise.ts';
 import { formatEndpoint, type Endpoint } from '../wireguard/endpoint.ts';
 import { isZeroKey, keyToHex, toPresharedKey, toPrivateKey, toPublicKey, zeroPresharedKey } from '../wireguard/keys.ts';
 import { UAPI_ERRNO, UapiError, type DeviceSnapshot, type PeerOperation, type SetOperation } from '../uapi/protocol.ts';
@@ -26,6 +27,7 @@ import { transportAddress, type TransportAddress } from '../ice/address.ts';
 import { CHANNEL_DATA_HEADER_BYTES, writeChannelDataHeader } from '../ice/turn.ts';
 import { endpointFromTransport, IceConnections, transportFromEndpoint, type ConnectionEvent, type RelayServer } from './connections.ts';
 import { MESSAGE_COOKIE_REPLY, MESSAGE_COOKIE_REPLY_SIZE, MESSAGE_INITIATION, MESSAGE_INITIATION_SIZE, MESSAGE_RESPONSE, MESSAGE_RESPONSE_SIZE } from '../wireguard/constants.ts';
+import { HandshakePool } from './handshake-pool.ts';
 import { commandSignalIndex, DROP_REPORT_INTERVAL_MS, type ControlNotice, type ReaderCommand, RouteChangeBatch, type UdpReaderCommand, type ThreadInit, type WorkerCommand } from './messages.ts';
 
 const SO_MARK = 36;
@@ -35,8 +37,16 @@ const TICK_MS = 100;
 const LINK_POLL_MS = 250;
 /** Control-plane datagrams handled per event-loop turn. */
 const HANDSHAKE_BATCH = 256;
-/** A handshake backlog this deep puts the device under load (cookie replies; whitepaper §5.3). */
+/**
+ * A handshake backlog this deep (datagrams waiting in the ring plus handshakes whose crypto is with
+ * the pool) puts the device under load (cookie replies; whitepaper §5.3).
+ */
 const UNDER_LOAD_BACKLOG = 32;
+/**
+ * At most this many handshakes with the pool at once; beyond it datagrams wait in the ring (and
+ * then in the socket's buffer), so a flood cannot queue unbounded work.
+ */
+const MAX_HANDSHAKE_JOBS = 1_024;
 /** How long packet threads get to finish before the process exits regardless. */
 const THREAD_STOP_TIMEOUT_MS = 2_000;
 /**
@@ -56,6 +66,11 @@ export interface DeviceOptions {
    * TURN share the WireGuard socket. Without it the device is a static drop-in for wireguard-go.
    */
   readonly ice?: IceModeOptions;
+  /**
+   * Threads for the responder's handshake crypto (default: $ZTGATE_HANDSHAKE_THREADS, else the
+   * number of cores up to 2); 0 keeps it on the control thread.
+   */
+  readonly handshakeThreads?: number;
 }
 
 export interface IceModeOptions {
@@ -104,6 +119,13 @@ export class Device {
   /** The UDP port bound now; it changes only through `rebind`, so it is kept rather than asked for. */
   private boundPort: number;
   private underLoadUntil = 0;
+  private readonly handshakeThreads: number;
+  private handshakePool: HandshakePool | null = null;
+  /** Resolves the control loop's wait when the pool answers (it waits when MAX_HANDSHAKE_JOBS are out). */
+  private handshakeProgress: (() => void) | null = null;
+  /** Packet threads that got commands during a pump(): each is rung once at its end. */
+  private readonly pendingRings = new Set<number>();
+  private pumping = false;
   private tick: NodeJS.Timeout | null = null;
   private linkPoll: NodeJS.Timeout | null = null;
   private stopping: Promise<void> | null = null;
@@ -136,11 +158,13 @@ export class Device {
     this.commandSignals = new Int32Array(new SharedArrayBuffer(4 * (options.workers + 2)));
     this.linkWatcher = LinkWatcher.open(this.tun.ifindex, this.tun.fds[0]!, DEFAULT_MTU);
     this.readerWakeFds = [createEventFd(), createEventFd()];
+    this.handshakeThreads = options.handshakeThreads ?? handshakeThreadsFromEnv();
     this.engine = new WireGuardEngine({
       shardCount: options.workers,
       random: () => randomInt(2 ** 32) / 2 ** 32,
       wallClock: () => Date.now(),
       roaming: options.ice === undefined,
+      offloadHandshakeCrypto: this.handshakeThreads > 0,
     });
   }
 
@@ -149,6 +173,16 @@ export class Device {
     const device = new Device(options);
     try {
       await device.startThreads();
+      if (device.handshakeThreads > 0) {
+        device.handshakePool = await HandshakePool.start({
+          threads: device.handshakeThreads,
+          onResults: (results) => device.onHandshakeResults(results),
+          onError: (error) => {
+            device.log.error({ err: error }, 'handshake thread failed');
+            void device.stop('handshake thread failed');
+          },
+        });
+      }
       device.uapi = await listenUapi({ interfaceName: options.interfaceName, handler: device, logger: options.logger });
     } catch (error) {
       await device.stop('failed to start');
@@ -468,7 +502,9 @@ export class Device {
   private postWorker(index: number, command: WorkerCommand): void {
     this.workers[index]?.postMessage(command);
     Atomics.add(this.commandSignals, commandSignalIndex('worker', index, this.options.workers), 1);
-    this.workerDoorbells[index]?.ring();
+    // Inside pump() a waking futex call per command would cost more than the commands: ring once.
+    if (this.pumping) this.pendingRings.add(index);
+    else this.workerDoorbells[index]?.ring();
   }
 
   private postReader(role: 'tunReader' | 'udpReader', command: ReaderCommand | UdpReaderCommand): void {
@@ -522,13 +558,18 @@ export class Device {
   private async serveHandshakes(): Promise<void> {
     const link = this.control.fromUdp;
     while (this.stopping === null) {
-      const backlog = link.ring.size;
+      const inFlight = this.engine.handshakeJobsInFlight;
+      if (inFlight >= MAX_HANDSHAKE_JOBS) {
+        await new Promise<void>((resolve) => (this.handshakeProgress = resolve));
+        continue;
+      }
+      const backlog = link.ring.size + inFlight;
       const now = monotonicNow();
       if (backlog >= UNDER_LOAD_BACKLOG) this.underLoadUntil = now + UNDER_LOAD_AFTER_TIME_MS;
       const underLoad = now < this.underLoadUntil;
       // At most a ring's worth per turn, then let timers, UAPI and notices run: a flood of
       // handshake or STUN datagrams must not starve the rest of the control thread.
-      let budget = HANDSHAKE_BATCH;
+      let budget = Math.min(HANDSHAKE_BATCH, MAX_HANDSHAKE_JOBS - inFlight);
       for (let slot = link.ring.pop(); slot >= 0; slot = budget-- > 0 ? link.ring.pop() : -1) {
         const slab = link.slab;
         const family = slab.remoteFamily(slot) === 4 ? 4 : 6;
@@ -589,12 +630,31 @@ export class Device {
     this.log.info({ thread: 'control', drops: counts }, 'dropped packets');
   }
 
-  /** Moves the engine's output to the socket and to the owning workers. */
+  /** Moves the engine's output to the socket, to the owning workers and to the handshake pool. */
   private pump(): void {
     // Commands first: a responder's keys must reach its worker before the response leaves, or the
     // initiator's first data packet could get there ahead of them.
-    for (let e = this.engine.pollEvent(); e !== undefined; e = this.engine.pollEvent()) this.dispatch(e);
+    this.pumping = true;
+    try {
+      for (let e = this.engine.pollEvent(); e !== undefined; e = this.engine.pollEvent()) this.dispatch(e);
+    } finally {
+      this.pumping = false;
+      for (const index of this.pendingRings) this.workerDoorbells[index]?.ring();
+      this.pendingRings.clear();
+    }
     for (let t = this.engine.pollTransmit(); t !== undefined; t = this.engine.pollTransmit()) this.transmit(t.to, t.bytes);
+    const pool = this.handshakePool;
+    if (pool !== null) for (let j = this.engine.pollHandshakeJob(); j !== undefined; j = this.engine.pollHandshakeJob()) pool.submit(j);
+  }
+
+  private onHandshakeResults(results: readonly HandshakeJobResult[]): void {
+    if (this.stopping !== null) return;
+    const now = monotonicNow();
+    for (const result of results) this.engine.completeHandshakeJob(result, now);
+    this.pump();
+    const progress = this.handshakeProgress;
+    this.handshakeProgress = null;
+    progress?.();
   }
 
   private dispatch(event: EngineEvent): void {
@@ -688,6 +748,8 @@ export class Device {
     }
     if (this.linkPoll !== null) clearInterval(this.linkPoll);
     await this.uapi?.close();
+    await this.handshakePool?.close();
+    this.handshakeProgress?.();
     const threads = [...this.workers, ...this.readers];
     const exited = threads.map((t) => new Promise<void>((resolve) => t.once('exit', () => resolve())));
     for (let k = 0; k < this.workers.length; k++) this.postWorker(k, { kind: 'stop' });
@@ -704,6 +766,17 @@ export class Device {
     this.tun.close();
     this.resolveStopped();
   }
+}
+
+/** $ZTGATE_HANDSHAKE_THREADS when set (0 turns the pool off), else the cores, at most 2. */
+function handshakeThreadsFromEnv(): number {
+  const text = process.env['ZTGATE_HANDSHAKE_THREADS'];
+  if (text === undefined || text === '') return Math.min(2, availableParallelism());
+  const threads = Number(text);
+  if (!(Number.isInteger(threads) && threads >= 0 && threads <= 64)) {
+    throw new RangeError(`device: ZTGATE_HANDSHAKE_THREADS must be an integer from 0 to 64, got ${JSON.stringify(text)}`);
+  }
+  return threads;
 }
 
 /** A start-up failure worth a one-line message rather than a stack trace. */
