@@ -74,14 +74,26 @@ function checkIndex(index: number): void {
   }
 }
 
+// The AEAD backends keep views per buffer they see (aead.ts ViewCache), which pays off for the
+// long-lived packet slots; every handshake message is a fresh buffer, and a cache made for each
+// cost more than the AEAD itself. So handshake AEAD runs on two fixed scratch buffers (at most a
+// 32-byte key plus the tag passes through), copied in and out.
+const SCRATCH_SIZE = KEY_SIZE + AEAD_TAG_SIZE;
+const scratchIn = new Uint8Array(SCRATCH_SIZE);
+const scratchOut = new Uint8Array(SCRATCH_SIZE);
+
 /** AEAD(key, 0, plaintext, ad) into out[off, ...): every handshake key is used once, with counter 0. */
 function sealOnce(key: Uint8Array, plaintext: Uint8Array, ad: Uint8Array, out: Uint8Array, off: number): void {
-  aead.seal(key, 0, plaintext, 0, plaintext.length, ad, out, off);
+  const len = plaintext.length;
+  scratchIn.set(plaintext);
+  aead.seal(key, 0, scratchIn, 0, len, ad, scratchOut, 0);
+  out.set(scratchOut.subarray(0, len + AEAD_TAG_SIZE), off);
 }
 
 function openOnce(key: Uint8Array, msg: Uint8Array, off: number, len: number, ad: Uint8Array): Uint8Array | null {
-  const plaintext = new Uint8Array(len - AEAD_TAG_SIZE);
-  return aead.open(key, 0, msg, off, len, ad, plaintext, 0) === plaintext.length ? plaintext : null;
+  scratchIn.set(msg.subarray(off, off + len));
+  const plaintextLength = len - AEAD_TAG_SIZE;
+  return aead.open(key, 0, scratchIn, 0, len, ad, scratchOut, 0) === plaintextLength ? scratchOut.slice(0, plaintextLength) : null;
 }
 
 /** Everything the handshake needs to know about one peer; do this once when the peer is configured. */
