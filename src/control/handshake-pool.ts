@@ -2,9 +2,11 @@
 // initiations the responder's X25519 work (four scalar multiplications per handshake, whitepaper
 // §5.4.2–§5.4.3) is what the control thread would spend its time on; the pool spreads it over cores
 // while the control thread keeps everything stateful (engine.ts). Jobs are batched: every job
-// submitted in one turn of the event loop leaves in one message per thread, least busy thread first.
+// submitted in one turn of the event loop leaves in one message per thread, least busy thread first,
+// as packed records (handshake-pool-records.ts) in a transferred buffer.
 import { Worker } from 'node:worker_threads';
 import type { HandshakeJob, HandshakeJobResult } from '../wireguard/noise.ts';
+import { decodeResult, encodeJob, JOB_RECORD_SIZE, RESULT_RECORD_SIZE } from './handshake-pool-records.ts';
 
 /** Handshake threads allocate a little per job; a small young generation bounds their memory. */
 const HANDSHAKE_THREAD_YOUNG_GENERATION_MB = 4;
@@ -30,7 +32,9 @@ export class HandshakePool {
     this.#outstanding = workers.map(() => 0);
     this.#batches = workers.map(() => []);
     workers.forEach((worker, index) => {
-      worker.on('message', (results: readonly HandshakeJobResult[]) => {
+      worker.on('message', (records: Uint8Array) => {
+        const results: HandshakeJobResult[] = [];
+        for (let r = 0; r < records.length / RESULT_RECORD_SIZE; r++) results.push(decodeResult(records, r));
         this.#outstanding[index]! -= results.length;
         options.onResults(results);
       });
@@ -89,7 +93,9 @@ export class HandshakePool {
       const batch = this.#batches[k]!;
       if (batch.length === 0) continue;
       this.#outstanding[k]! += batch.length;
-      this.#workers[k]!.postMessage(batch);
+      const records = new Uint8Array(batch.length * JOB_RECORD_SIZE);
+      for (let j = 0; j < batch.length; j++) encodeJob(batch[j]!, records, j);
+      this.#workers[k]!.postMessage(records, [records.buffer]);
       this.#batches[k] = [];
     }
   }

@@ -420,7 +420,8 @@ export class WireGuardEngine {
   }
 
   private submitJob(job: HandshakeJob, pending: PendingJob): void {
-    this.nextJobId = (this.nextJobId + 1) % Number.MAX_SAFE_INTEGER;
+    // u32 ids (the pool's records carry 32 bits): far more than are ever out at once.
+    this.nextJobId = (this.nextJobId + 1) >>> 0;
     this.jobs.push(job);
     this.pendingJobs.set(job.id, pending);
   }

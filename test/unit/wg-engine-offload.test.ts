@@ -1,7 +1,8 @@
 // The engine with its responder crypto handed out as jobs (offloadHandshakeCrypto), the way the
 // device runs it with a pool of handshake threads. Jobs are run here, synchronously and in chosen
 // orders, with the same pure function the threads run (runHandshakeJob), so every case is
-// deterministic. What must hold: the wire and the events are those of the inline engine, and
+// deterministic, and each job and result goes through the packed records the pool sends between
+// threads (handshake-pool-records.ts). What must hold: the wire and the events are those of the inline engine, and
 // whatever changes while a job is out (the peer, its key, our key, a newer initiation) is honoured.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -10,7 +11,8 @@ import { WireGuardEngine, type EngineEvent, type Transmit } from '../../src/wire
 import { generatePrivateKey, publicKeyOf, toPresharedKey, zeroPresharedKey, type PrivateKey } from '../../src/wireguard/keys.ts';
 import { MESSAGE_INITIATION, MESSAGE_INITIATION_SIZE, MESSAGE_RESPONSE, MESSAGE_RESPONSE_SIZE, HANDSHAKE_INITIATION_RATE_MS } from '../../src/wireguard/constants.ts';
 import { readU32LE } from '../../src/wireguard/messages.ts';
-import { runHandshakeJob, type HandshakeJob } from '../../src/wireguard/noise.ts';
+import { runHandshakeJob, type HandshakeJob, type HandshakeJobResult } from '../../src/wireguard/noise.ts';
+import { decodeJob, decodeResult, encodeJob, encodeResult, JOB_RECORD_SIZE, RESULT_RECORD_SIZE } from '../../src/control/handshake-pool-records.ts';
 import { seededRandom, v4Endpoint } from '../support/sim.ts';
 
 const RESPONDER_AT = v4Endpoint(1, 51820);
@@ -64,11 +66,20 @@ function deliver(to: Node, bytes: Uint8Array, from = v4Endpoint(9, 40000)): void
   to.engine.handleHandshakeDatagram(bytes, bytes.length, from, to.clock.now, false);
 }
 
+/** What a handshake thread does with a job, records in and records out, as the pool sends them. */
+function runInThread(job: HandshakeJob): HandshakeJobResult {
+  const jobs = new Uint8Array(2 * JOB_RECORD_SIZE).fill(0xee);
+  encodeJob(job, jobs, 1);
+  const results = new Uint8Array(2 * RESULT_RECORD_SIZE).fill(0xee);
+  encodeResult(runHandshakeJob(decodeJob(jobs, 1)), results, 1);
+  return decodeResult(results, 1);
+}
+
 /** Runs every job the engine has handed out, repeatedly, in `order` (the pool may answer in any). */
 function runJobs(responder: Node, order: 'fifo' | 'reverse' = 'fifo'): number {
   let ran = 0;
   for (let jobs = drain(() => responder.engine.pollHandshakeJob()); jobs.length > 0; jobs = drain(() => responder.engine.pollHandshakeJob())) {
-    const results = (order === 'reverse' ? [...jobs].reverse() : jobs).map((job) => runHandshakeJob(structuredClone(job) as HandshakeJob));
+    const results = (order === 'reverse' ? [...jobs].reverse() : jobs).map(runInThread);
     for (const result of results) responder.engine.completeHandshakeJob(result, responder.clock.now);
     ran += jobs.length;
   }
@@ -171,13 +182,13 @@ test('a peer removed, re-keyed or our key changed while its job runs: no respons
     deliver(responder, initiationFrom(initiators[0]!).bytes);
     let job = responder.engine.pollHandshakeJob()!;
     if (when === 'respond') {
-      responder.engine.completeHandshakeJob(runHandshakeJob(job), responder.clock.now);
+      responder.engine.completeHandshakeJob(runInThread(job), responder.clock.now);
       job = responder.engine.pollHandshakeJob()!;
       assert.equal(job.kind, 'respond', name);
     }
     change(responder);
     drain(() => responder.engine.pollEvent());
-    responder.engine.completeHandshakeJob(runHandshakeJob(job), responder.clock.now);
+    responder.engine.completeHandshakeJob(runInThread(job), responder.clock.now);
     runJobs(responder);
     assert.equal(responder.engine.pollTransmit(), undefined, name);
     assert.equal(drain(() => responder.engine.pollEvent()).filter((e) => e.kind === 'installKeypair').length, 0, name);
@@ -207,4 +218,31 @@ test('a forged initiation with a valid mac1 fails in the job and is counted as a
   assert.equal(runJobs(responder), 1, 'only the open job: the static key did not open');
   assert.equal(responder.engine.pollTransmit(), undefined);
   assert.equal(responder.engine.drops.badInitiation, 1);
+});
+
+test('records carry every field of every job and result kind, ids up to 2^32 - 1', () => {
+  const { responder, initiators } = setup(true);
+  deliver(responder, initiationFrom(initiators[0]!).bytes);
+  const open = responder.engine.pollHandshakeJob()!;
+  const roundTrip = (job: HandshakeJob): HandshakeJob => {
+    const records = new Uint8Array(JOB_RECORD_SIZE);
+    encodeJob(job, records, 0);
+    return decodeJob(records, 0);
+  };
+  const openJob = { ...open, id: 0xffffffff } as HandshakeJob;
+  assert.deepEqual(roundTrip(openJob), openJob);
+  const opened = runHandshakeJob(open);
+  const resultRoundTrip = (result: HandshakeJobResult): HandshakeJobResult => {
+    const records = new Uint8Array(RESULT_RECORD_SIZE);
+    encodeResult(result, records, 0);
+    return decodeResult(records, 0);
+  };
+  assert.deepEqual(resultRoundTrip(opened), opened);
+  assert.deepEqual(resultRoundTrip({ kind: 'openInitiation', id: 7, opened: null }), { kind: 'openInitiation', id: 7, opened: null });
+  responder.engine.completeHandshakeJob(opened, responder.clock.now);
+  const respond = responder.engine.pollHandshakeJob()!;
+  assert.equal(respond.kind, 'respond');
+  assert.deepEqual(roundTrip(respond), respond);
+  const responded = runHandshakeJob(respond);
+  assert.deepEqual(resultRoundTrip(responded), responded);
 });
