@@ -74,6 +74,8 @@ interface ThreadResult {
   readonly warmupResponses: number;
   readonly warmupCookieReplies: number;
   readonly warmupTimedOut: number;
+  /** Milliseconds from the (last) send of an initiation to its response, for the window's responses. */
+  readonly latenciesMs: readonly number[];
 }
 
 /** An initiation not answered within this long is counted as lost and its peer moves on. */
@@ -144,6 +146,7 @@ async function runGeneratorThread(data: ThreadData): Promise<void> {
   const zero = { sent: 0, resent: 0, responses: 0, lateResponses: 0, unexpected: 0, cookieReplies: 0, badCookieReplies: 0, timedOut: 0 };
   let counts = { ...zero };
   const inFlight = new Set<PreparedInitiation>();
+  const latenciesMs: number[] = [];
   /** warm-up: every peer's first initiation, untimed, so each peer holds its cookie; then timed. */
   let phase: 'warmup' | 'timed' | 'over' = 'warmup';
   let deadline = Infinity;
@@ -200,7 +203,10 @@ async function runGeneratorThread(data: ThreadData): Promise<void> {
       if (now > deadline) {
         initiation.late = true;
         counts.lateResponses++;
-      } else counts.responses++;
+      } else {
+        counts.responses++;
+        if (initiation.timed) latenciesMs.push(now - initiation.sentAt);
+      }
       finish(initiation);
     } else if (type === MESSAGE_COOKIE_REPLY && msg.length === MESSAGE_COOKIE_REPLY_SIZE) {
       const peer = peers[initiation.peer]!;
@@ -264,7 +270,7 @@ async function runGeneratorThread(data: ThreadData): Promise<void> {
   }
   const result: ThreadResult = {
     ...counts, validResponses, invalidResponses, exhausted, windowMs, prepareMs,
-    warmupResponses: warmup.responses, warmupCookieReplies: warmup.cookieReplies, warmupTimedOut: warmup.timedOut,
+    warmupResponses: warmup.responses, warmupCookieReplies: warmup.cookieReplies, warmupTimedOut: warmup.timedOut, latenciesMs,
   };
   parentPort!.postMessage({ kind: 'result', result });
 }
@@ -313,8 +319,12 @@ async function runGenerator(configPath: string): Promise<void> {
   for (const w of workers) w.postMessage('go');
   await Promise.all(stopped);
   console.log('stopped');
-  const done = await Promise.all(results);
-  console.log(`result ${JSON.stringify(done.map((d) => d.result))}`);
+  const done = (await Promise.all(results)).map((d) => d.result!);
+  // The latencies are summarized here: the whole list would be a very long line.
+  const latencies = done.flatMap((r) => r.latenciesMs).sort((a, b) => a - b);
+  const percentile = (q: number): number => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))] ?? NaN;
+  console.log(`latency ${JSON.stringify({ p50: percentile(0.5), p90: percentile(0.9), p99: percentile(0.99) })}`);
+  console.log(`result ${JSON.stringify(done.map((r) => ({ ...r, latenciesMs: [] })))}`);
   await Promise.all(workers.map((w) => w.terminate()));
 }
 
@@ -420,10 +430,12 @@ async function runBench(): Promise<void> {
     const configPath = await lab.tempFile('generator.json', JSON.stringify(config));
     const generator = lab.spawn(generatorNs, process.execPath, [new URL(import.meta.url).pathname, '--generator', configPath], undefined, { stdin: true });
     let resultLine: string | null = null;
+    let latencyLine = '{}';
     // Sampled the moment the generator stops sending (it then checks the responses at leisure).
     const windowEnd: { sample: Promise<{ cpu: Map<number, { name: string; seconds: number }>; generatorCpu: number; wallMs: number }> | null } = { sample: null };
     generator.onStdoutLine((line) => {
       if (line.startsWith('result ')) resultLine = line.slice('result '.length);
+      if (line.startsWith('latency ')) latencyLine = line.slice('latency '.length);
       if (line === 'stopped') {
         windowEnd.sample = Promise.all([threadCpu(daemon.process.pid), processCpu(generator.pid)])
           .then(([cpu, generatorCpu]) => ({ cpu, generatorCpu, wallMs: performance.now() }));
@@ -464,6 +476,8 @@ async function runBench(): Promise<void> {
       `cookie replies ${sum('cookieReplies')} (bad ${sum('badCookieReplies')}), unanswered after ${ANSWER_TIMEOUT_MS} ms ${sum('timedOut')}, ` +
       `unexpected ${sum('unexpected')}${results.some((r) => r.exhausted) ? '; GENERATOR RAN OUT of prepared initiations: raise --per-peer' : ''}`);
     console.log(`  handshakes completed: ${(valid / windowSeconds).toFixed(0)}/s (goal ≥ 5,000/s)`);
+    const latency = JSON.parse(latencyLine) as Record<string, number>;
+    console.log(`  initiation → response: ${Object.entries(latency).map(([k, v]) => `${k} ${v.toFixed(1)} ms`).join(', ')} (with ${window * threads} in flight)`);
     let total = 0;
     const byName = new Map<string, number>();
     for (const [tid, after] of cpuAfter) {

@@ -146,6 +146,8 @@ export class Device {
     this.options = options;
     this.log = options.logger;
     this.stopped = new Promise((resolve) => (this.resolveStopped = resolve));
+    // Before anything is opened: a bad setting must not leave an interface behind.
+    this.handshakeThreads = options.handshakeThreads ?? handshakeThreadsFromEnv();
     // wireguard-go creates the interface with its default MTU and leaves it down: wg-quick or the
     // administrator brings it up.
     this.tun = Tun.open(options.interfaceName, { queues: 1, mtu: DEFAULT_MTU, up: false, offload: tunOffloadWantedByDefault() });
@@ -158,7 +160,6 @@ export class Device {
     this.commandSignals = new Int32Array(new SharedArrayBuffer(4 * (options.workers + 2)));
     this.linkWatcher = LinkWatcher.open(this.tun.ifindex, this.tun.fds[0]!, DEFAULT_MTU);
     this.readerWakeFds = [createEventFd(), createEventFd()];
-    this.handshakeThreads = options.handshakeThreads ?? handshakeThreadsFromEnv();
     this.engine = new WireGuardEngine({
       shardCount: options.workers,
       random: () => randomInt(2 ** 32) / 2 ** 32,
@@ -192,7 +193,7 @@ export class Device {
     device.tick = setInterval(() => device.onTick(), TICK_MS);
     device.linkPoll = setInterval(() => device.pollLink(), LINK_POLL_MS);
     void device.serveHandshakes();
-    device.log.info({ interface: options.interfaceName, workers: options.workers, port: device.boundPort }, 'device up');
+    device.log.info({ interface: options.interfaceName, workers: options.workers, handshakeThreads: device.handshakeThreads, port: device.boundPort }, 'device up');
     return device;
   }
 
