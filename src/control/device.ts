@@ -11,7 +11,7 @@ import { attachControl, createFabric, returnSlot, type ControlEnd, type FabricDe
 import { Doorbell, waitForWorkAsync } from '../ring/doorbell.ts';
 import { PEER_RECORD_F64S, PEER_RX_ANY_PACKETS_F64, PEER_RX_BYTES_F64, PEER_RX_DATA_PACKETS_F64, PEER_TX_ANY_PACKETS_F64, PEER_TX_BYTES_F64, PEER_TX_DATA_PACKETS_F64 } from '../ring/layout.ts';
 import { Tun, tunOffloadWantedByDefault } from '../io/tun.ts';
-import { DatagramMeta, UdpSocket, sourceMayBeStale } from '../io/udp.ts';
+import { DatagramMeta, DEFAULT_BATCH_SIZE, UdpSocket, sourceMayBeStale } from '../io/udp.ts';
 import { LinkWatcher } from '../io/netlink.ts';
 import { closeFd, createEventFd, setIntOption, signalEventFd, SOL_SOCKET } from '../io/libc.ts';
 import { AllowedIps } from '../wireguard/allowedips.ts';
@@ -109,7 +109,10 @@ export class Device {
   private readonly commandSignals: Int32Array;
   private readonly workerDoorbells: readonly Doorbell[];
   private readonly stats: Float64Array;
-  private readonly sendMeta = new DatagramMeta(1);
+  /** Datagrams staged to leave in one sendmmsg (see sendStaged), with whether each has a source set. */
+  private readonly sendMeta = new DatagramMeta(DEFAULT_BATCH_SIZE);
+  private readonly sendViews: Uint8Array[] = [];
+  private readonly sendHasSource: boolean[] = [];
   private readonly linkWatcher: LinkWatcher;
   /** eventfds the TUN and UDP readers poll beside their descriptors, to hear commands at once. */
   private readonly readerWakeFds: readonly [number, number];
@@ -123,8 +126,9 @@ export class Device {
   private handshakePool: HandshakePool | null = null;
   /** Resolves the control loop's wait when the pool answers (it waits when MAX_HANDSHAKE_JOBS are out). */
   private handshakeProgress: (() => void) | null = null;
-  /** Packet threads that got commands during a pump(): each is rung once at its end. */
+  /** Packet threads that got commands during a pump(): each is rung once, after this event-loop turn. */
   private readonly pendingRings = new Set<number>();
+  private ringsScheduled = false;
   private pumping = false;
   private tick: NodeJS.Timeout | null = null;
   private linkPoll: NodeJS.Timeout | null = null;
@@ -503,9 +507,16 @@ export class Device {
   private postWorker(index: number, command: WorkerCommand): void {
     this.workers[index]?.postMessage(command);
     Atomics.add(this.commandSignals, commandSignalIndex('worker', index, this.options.workers), 1);
-    // Inside pump() a waking futex call per command would cost more than the commands: ring once.
-    if (this.pumping) this.pendingRings.add(index);
-    else this.workerDoorbells[index]?.ring();
+    // Inside pump() (handshakes, timers) a waking futex call per command would cost more than the
+    // commands: ring once per event-loop turn. The command is already visible to a thread that wakes
+    // for packets, so a late ring delays nothing that the peer is waiting for.
+    if (this.pumping) {
+      this.pendingRings.add(index);
+      if (!this.ringsScheduled) {
+        this.ringsScheduled = true;
+        setImmediate(() => this.ringPending());
+      }
+    } else this.workerDoorbells[index]?.ring();
   }
 
   private postReader(role: 'tunReader' | 'udpReader', command: ReaderCommand | UdpReaderCommand): void {
@@ -640,12 +651,22 @@ export class Device {
       for (let e = this.engine.pollEvent(); e !== undefined; e = this.engine.pollEvent()) this.dispatch(e);
     } finally {
       this.pumping = false;
-      for (const index of this.pendingRings) this.workerDoorbells[index]?.ring();
-      this.pendingRings.clear();
     }
-    for (let t = this.engine.pollTransmit(); t !== undefined; t = this.engine.pollTransmit()) this.transmit(t.to, t.bytes);
+    // Under a handshake storm a pump has many responses: one sendmmsg each batch, not a sendmsg each.
+    let staged = 0;
+    for (let t = this.engine.pollTransmit(); t !== undefined; t = this.engine.pollTransmit()) {
+      this.stage(staged++, t.to, t.bytes);
+      if (staged === DEFAULT_BATCH_SIZE) staged = this.sendStaged(staged);
+    }
+    if (staged > 0) this.sendStaged(staged);
     const pool = this.handshakePool;
     if (pool !== null) for (let j = this.engine.pollHandshakeJob(); j !== undefined; j = this.engine.pollHandshakeJob()) pool.submit(j);
+  }
+
+  private ringPending(): void {
+    this.ringsScheduled = false;
+    for (const index of this.pendingRings) this.workerDoorbells[index]?.ring();
+    this.pendingRings.clear();
   }
 
   private onHandshakeResults(results: readonly HandshakeJobResult[]): void {
@@ -684,6 +705,12 @@ export class Device {
   }
 
   private transmit(to: Endpoint, payload: Uint8Array): void {
+    this.stage(0, to, payload);
+    this.sendStaged(1);
+  }
+
+  /** Puts a datagram for `to` at position `index` of the next sendStaged. */
+  private stage(index: number, to: Endpoint, payload: Uint8Array): void {
     let bytes = payload;
     if (to.relayChannel !== undefined && to.relayChannel !== 0) {
       // Through our TURN allocation: a ChannelData header in front (RFC 8656 §12.4).
@@ -692,15 +719,28 @@ export class Device {
       bytes.set(payload, CHANNEL_DATA_HEADER_BYTES);
     }
     const meta = this.sendMeta;
-    meta.setLength(0, bytes.length);
-    meta.setRemote(0, to.family, to.address, to.port);
-    if (to.localAddress === null) meta.clearLocal(0);
-    else meta.setLocal(0, to.family, to.localAddress, to.localIfindex);
-    if (this.socket.sendOne(bytes, meta, 0) === 1 && sourceMayBeStale(meta.status(0)) && to.localAddress !== null) {
-      // The sticky source address is gone: let the kernel choose (wireguard-go does the same).
-      meta.clearLocal(0);
-      this.socket.sendOne(bytes, meta, 0);
+    meta.setLength(index, bytes.length);
+    meta.setRemote(index, to.family, to.address, to.port);
+    if (to.localAddress === null) meta.clearLocal(index);
+    else meta.setLocal(index, to.family, to.localAddress, to.localIfindex);
+    this.sendViews[index] = bytes;
+    this.sendHasSource[index] = to.localAddress !== null;
+  }
+
+  /** Sends the first `count` staged datagrams; returns 0 (the next stage index). */
+  private sendStaged(count: number): number {
+    const meta = this.sendMeta;
+    // Datagrams past `done` met a full socket buffer and are dropped, as a lone send's would be.
+    const done = this.socket.sendBatch(this.sendViews, meta, count);
+    for (let i = 0; i < done; i++) {
+      if (this.sendHasSource[i] && sourceMayBeStale(meta.status(i))) {
+        // The sticky source address is gone: let the kernel choose (wireguard-go does the same).
+        meta.clearLocal(i);
+        this.socket.sendOne(this.sendViews[i]!, meta, i);
+      }
     }
+    this.sendViews.length = 0;
+    return 0;
   }
 
   private pollLink(): void {
