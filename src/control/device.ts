@@ -47,6 +47,14 @@ const UNDER_LOAD_BACKLOG = 32;
  * then in the socket's buffer), so a flood cannot queue unbounded work.
  */
 const MAX_HANDSHAKE_JOBS = 1_024;
+/**
+ * The handshake pool starts when this many handshake datagrams wait at once, and stops after
+ * HANDSHAKE_POOL_IDLE_MS without a job: its threads cost about 20 MB of resident memory each, which
+ * a device that never sees a burst of handshakes should not pay. Until it is up, handshakes run
+ * inline as before.
+ */
+const HANDSHAKE_POOL_START_BACKLOG = 8;
+const HANDSHAKE_POOL_IDLE_MS = 60_000;
 /** How long packet threads get to finish before the process exits regardless. */
 const THREAD_STOP_TIMEOUT_MS = 2_000;
 /**
@@ -67,8 +75,8 @@ export interface DeviceOptions {
    */
   readonly ice?: IceModeOptions;
   /**
-   * Threads for the responder's handshake crypto (default: $ZTGATE_HANDSHAKE_THREADS, else the
-   * number of cores up to 2); 0 keeps it on the control thread.
+   * Threads for the responder's handshake crypto under load (default: $ZTGATE_HANDSHAKE_THREADS,
+   * else the number of cores up to 2); 0 keeps it on the control thread.
    */
   readonly handshakeThreads?: number;
 }
@@ -124,6 +132,8 @@ export class Device {
   private underLoadUntil = 0;
   private readonly handshakeThreads: number;
   private handshakePool: HandshakePool | null = null;
+  private handshakePoolStarting = false;
+  private lastHandshakeJobAt = 0;
   /** Resolves the control loop's wait when the pool answers (it waits when MAX_HANDSHAKE_JOBS are out). */
   private handshakeProgress: (() => void) | null = null;
   /** Packet threads that got commands during a pump(): each is rung once, after this event-loop turn. */
@@ -169,7 +179,6 @@ export class Device {
       random: () => randomInt(2 ** 32) / 2 ** 32,
       wallClock: () => Date.now(),
       roaming: options.ice === undefined,
-      offloadHandshakeCrypto: this.handshakeThreads > 0,
     });
   }
 
@@ -178,16 +187,6 @@ export class Device {
     const device = new Device(options);
     try {
       await device.startThreads();
-      if (device.handshakeThreads > 0) {
-        device.handshakePool = await HandshakePool.start({
-          threads: device.handshakeThreads,
-          onResults: (results) => device.onHandshakeResults(results),
-          onError: (error) => {
-            device.log.error({ err: error }, 'handshake thread failed');
-            void device.stop('handshake thread failed');
-          },
-        });
-      }
       device.uapi = await listenUapi({ interfaceName: options.interfaceName, handler: device, logger: options.logger });
     } catch (error) {
       await device.stop('failed to start');
@@ -197,7 +196,7 @@ export class Device {
     device.tick = setInterval(() => device.onTick(), TICK_MS);
     device.linkPoll = setInterval(() => device.pollLink(), LINK_POLL_MS);
     void device.serveHandshakes();
-    device.log.info({ interface: options.interfaceName, workers: options.workers, handshakeThreads: device.handshakeThreads, port: device.boundPort }, 'device up');
+    device.log.info({ interface: options.interfaceName, workers: options.workers, port: device.boundPort }, 'device up');
     return device;
   }
 
@@ -577,6 +576,7 @@ export class Device {
       }
       const backlog = link.ring.size + inFlight;
       const now = monotonicNow();
+      if (backlog >= HANDSHAKE_POOL_START_BACKLOG) this.startHandshakePool(now);
       if (backlog >= UNDER_LOAD_BACKLOG) this.underLoadUntil = now + UNDER_LOAD_AFTER_TIME_MS;
       const underLoad = now < this.underLoadUntil;
       // At most a ring's worth per turn, then let timers, UAPI and notices run: a flood of
@@ -628,6 +628,7 @@ export class Device {
     }
     if (this.engine.pollTimeout() <= now) this.engine.handleTimeout(now);
     this.pump();
+    this.stopIdleHandshakePool(now);
     this.reportControlDrops(now);
   }
 
@@ -661,6 +662,44 @@ export class Device {
     if (staged > 0) this.sendStaged(staged);
     const pool = this.handshakePool;
     if (pool !== null) for (let j = this.engine.pollHandshakeJob(); j !== undefined; j = this.engine.pollHandshakeJob()) pool.submit(j);
+  }
+
+  private startHandshakePool(now: number): void {
+    this.lastHandshakeJobAt = now;
+    if (this.handshakePool !== null || this.handshakePoolStarting || this.handshakeThreads === 0) return;
+    this.handshakePoolStarting = true;
+    HandshakePool.start({
+      threads: this.handshakeThreads,
+      onResults: (results) => this.onHandshakeResults(results),
+      onError: (error) => {
+        this.log.error({ err: error }, 'handshake thread failed');
+        void this.stop('handshake thread failed');
+      },
+    }).then((pool) => {
+      this.handshakePoolStarting = false;
+      if (this.stopping !== null) {
+        void pool.close();
+        return;
+      }
+      this.handshakePool = pool;
+      this.engine.setOffloadHandshakeCrypto(true);
+      this.log.info({ threads: this.handshakeThreads }, 'handshake pool started');
+    }, (error: unknown) => {
+      this.handshakePoolStarting = false;
+      this.log.error({ err: error }, 'handshake pool failed to start; handshakes stay on the control thread');
+    });
+  }
+
+  /** Stops an idle pool (from the tick): nothing is out, so nothing can come back to a closed pool. */
+  private stopIdleHandshakePool(now: number): void {
+    const pool = this.handshakePool;
+    if (pool === null) return;
+    if (this.engine.handshakeJobsInFlight > 0) this.lastHandshakeJobAt = now;
+    if (now - this.lastHandshakeJobAt < HANDSHAKE_POOL_IDLE_MS) return;
+    this.engine.setOffloadHandshakeCrypto(false);
+    this.handshakePool = null;
+    void pool.close();
+    this.log.info({}, 'handshake pool stopped (idle)');
   }
 
   private ringPending(): void {

@@ -90,7 +90,8 @@ export interface EngineOptions {
   readonly roaming?: boolean;
   /**
    * Whether the responder's X25519 work leaves the engine as jobs (`pollHandshakeJob`, answered by
-   * `completeHandshakeJob`) for a pool of threads to run, instead of running inline (default false).
+   * `completeHandshakeJob`) for a pool of threads to run, instead of running inline (default false;
+   * `setOffloadHandshakeCrypto` changes it).
    */
   readonly offloadHandshakeCrypto?: boolean;
 }
@@ -148,10 +149,20 @@ export class WireGuardEngine {
   private readonly jobs: HandshakeJob[] = [];
   private readonly pendingJobs = new Map<number, PendingJob>();
   private nextJobId = 0;
+  private offload: boolean;
   private readonly options: EngineOptions;
 
   constructor(options: EngineOptions) {
     this.options = options;
+    this.offload = options.offloadHandshakeCrypto === true;
+  }
+
+  /**
+   * Hands the responder's crypto out as jobs from now on, or runs it inline again. Jobs already out
+   * still complete through completeHandshakeJob either way.
+   */
+  setOffloadHandshakeCrypto(on: boolean): void {
+    this.offload = on;
   }
 
   // ---- configuration -------------------------------------------------------------------------
@@ -408,7 +419,7 @@ export class WireGuardEngine {
   private handleInitiation(buf: Uint8Array, len: number, from: Endpoint, now: number, underLoad: boolean): void {
     const identity = this.admit(buf, len, from, now, underLoad);
     if (identity === null) return;
-    if (this.options.offloadHandshakeCrypto === true) {
+    if (this.offload) {
       this.submitJob({ kind: 'openInitiation', id: this.nextJobId, local: identity, message: buf.slice(0, len) }, { kind: 'openInitiation', identity, from });
       return;
     }

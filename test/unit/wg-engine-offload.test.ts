@@ -246,3 +246,19 @@ test('records carry every field of every job and result kind, ids up to 2^32 - 1
   const responded = runHandshakeJob(respond);
   assert.deepEqual(resultRoundTrip(responded), responded);
 });
+
+test('switching offload on and off at run time: jobs already out still complete, new ones run inline', () => {
+  const { responder, initiators } = setup(false, 2);
+  deliver(responder, initiationFrom(initiators[0]!).bytes);
+  assert.equal(drain(() => responder.engine.pollTransmit()).length, 1, 'inline: answered at once');
+  assert.equal(responder.engine.pollHandshakeJob(), undefined);
+  responder.engine.setOffloadHandshakeCrypto(true);
+  deliver(responder, initiationFrom(initiators[1]!).bytes);
+  assert.equal(responder.engine.pollTransmit(), undefined);
+  const job = responder.engine.pollHandshakeJob()!;
+  responder.engine.setOffloadHandshakeCrypto(false);
+  responder.engine.completeHandshakeJob(runInThread(job), responder.clock.now);
+  assert.equal(runJobs(responder), 1, 'the respond job of a handshake begun offloaded is still a job');
+  assert.equal(drain(() => responder.engine.pollTransmit()).length, 1);
+  assert.equal(responder.engine.handshakeJobsInFlight, 0);
+});
