@@ -449,13 +449,16 @@ async function runBench(): Promise<void> {
     const warmSeconds = (performance.now() - warmStart) / 1000;
 
     const daemonNsRun = async (args: readonly string[]): Promise<string> => (await daemonNs.exec(args[0]!, args.slice(1))).stdout;
+    const generatorNsRun = async (args: readonly string[]): Promise<string> => (await generatorNs.exec(args[0]!, args.slice(1))).stdout;
     const udpBefore = await udpCounters(daemonNsRun);
+    const generatorUdpBefore = await udpCounters(generatorNsRun);
     const cpuBefore = await threadCpu(daemon.process.pid);
     const generatorCpuBefore = await processCpu(generator.pid);
     const wallStart = performance.now();
     generator.write('go\n');
     await generator.waitForOutput(/^stopped$/m, (seconds + 600) * 1000);
     const udpAfter = await udpCounters(daemonNsRun);
+    const generatorUdpAfter = await udpCounters(generatorNsRun);
     await generator.waitForOutput(/^result /m, 600_000);
     if (windowEnd.sample === null) throw new Error('bench: the generator did not say when it stopped');
     const { cpu: cpuAfter, generatorCpu, wallMs } = await windowEnd.sample;
@@ -470,7 +473,7 @@ async function runBench(): Promise<void> {
     const windowSeconds = Math.max(...results.map((r) => r.windowMs)) / 1000;
     const valid = sum('validResponses');
     console.log(`warm-up (one handshake per peer, untimed): ${warmSeconds.toFixed(1)} s, ${sum('warmupResponses')} responses, ` +
-      `${sum('warmupCookieReplies')} cookie replies, ${sum('warmupTimedOut')} unanswered`);
+      `${sum('warmupCookieReplies')} cookie replies, ${sum('warmupTimedOut')} unanswered after ${ANSWER_TIMEOUT_MS} ms`);
     console.log(`window ${windowSeconds.toFixed(2)} s: sent ${sum('sent')} initiations (+${sum('resent')} resent with mac2 after a cookie reply)`);
     console.log(`  responses ${sum('responses')} (valid ${valid}, invalid ${sum('invalidResponses')}), late ${sum('lateResponses')}, ` +
       `cookie replies ${sum('cookieReplies')} (bad ${sum('badCookieReplies')}), unanswered after ${ANSWER_TIMEOUT_MS} ms ${sum('timedOut')}, ` +
@@ -492,9 +495,9 @@ async function runBench(): Promise<void> {
       `${valid > 0 ? ((total / valid) * 1e6).toFixed(0) : '-'} µs of daemon CPU and ${valid > 0 ? ((control / valid) * 1e6).toFixed(0) : '-'} µs of control-thread CPU per handshake`);
     console.log(`  generator CPU (same machine): ${(generatorCpu - generatorCpuBefore).toFixed(2)} s`);
     console.log(`  by thread: ${[...byName].sort((a, b) => b[1] - a[1]).map(([n, s]) => `${n} ${s.toFixed(2)} s`).join(', ')}`);
-    const udpDelta = Object.fromEntries(['InDatagrams', 'RcvbufErrors', 'InErrors', 'OutDatagrams', 'SndbufErrors']
-      .map((k) => [k, (udpAfter[k] ?? 0) - (udpBefore[k] ?? 0)]));
-    console.log(`  daemon namespace UDP: ${JSON.stringify(udpDelta)}`);
+    const udpDelta = (after: Record<string, number>, before: Record<string, number>): string => JSON.stringify(Object.fromEntries(
+      ['InDatagrams', 'RcvbufErrors', 'InErrors', 'OutDatagrams', 'SndbufErrors'].map((k) => [k, (after[k] ?? 0) - (before[k] ?? 0)])));
+    console.log(`  UDP in the window: daemon namespace ${udpDelta(udpAfter, udpBefore)}; generator namespace ${udpDelta(generatorUdpAfter, generatorUdpBefore)}`);
     console.log(`  daemon drop records (cumulative): ${JSON.stringify(drops)}`);
   });
 }

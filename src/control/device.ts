@@ -133,6 +133,8 @@ export class Device {
   private readonly handshakeThreads: number;
   private handshakePool: HandshakePool | null = null;
   private handshakePoolStarting = false;
+  /** A pool that failed to start is not tried again: handshakes stay inline. */
+  private handshakePoolFailed = false;
   private lastHandshakeJobAt = 0;
   /** Resolves the control loop's wait when the pool answers (it waits when MAX_HANDSHAKE_JOBS are out). */
   private handshakeProgress: (() => void) | null = null;
@@ -666,7 +668,7 @@ export class Device {
 
   private startHandshakePool(now: number): void {
     this.lastHandshakeJobAt = now;
-    if (this.handshakePool !== null || this.handshakePoolStarting || this.handshakeThreads === 0) return;
+    if (this.handshakePool !== null || this.handshakePoolStarting || this.handshakePoolFailed || this.handshakeThreads === 0) return;
     this.handshakePoolStarting = true;
     HandshakePool.start({
       threads: this.handshakeThreads,
@@ -686,6 +688,7 @@ export class Device {
       this.log.info({ threads: this.handshakeThreads }, 'handshake pool started');
     }, (error: unknown) => {
       this.handshakePoolStarting = false;
+      this.handshakePoolFailed = true;
       this.log.error({ err: error }, 'handshake pool failed to start; handshakes stay on the control thread');
     });
   }
