@@ -667,8 +667,9 @@ export class Device {
   }
 
   private startHandshakePool(now: number): void {
-    this.lastHandshakeJobAt = now;
     if (this.handshakePool !== null || this.handshakePoolStarting || this.handshakePoolFailed || this.handshakeThreads === 0) return;
+    // From here the tick keeps this fresh while jobs are out (stopIdleHandshakePool).
+    this.lastHandshakeJobAt = now;
     this.handshakePoolStarting = true;
     HandshakePool.start({
       threads: this.handshakeThreads,
