@@ -3,7 +3,7 @@
 // touches transport packets: those flow TUN ⇄ worker ⇄ UDP through the shared-memory fabric.
 import { Worker } from 'node:worker_threads';
 import { randomBytes, randomInt } from 'node:crypto';
-import { networkInterfaces } from 'node:os';
+import { availableParallelism, networkInterfaces } from 'node:os';
 import type { Logger } from '../main/log.ts';
 import { monotonicNow } from '../clock.ts';
 import { SyscallError, ZtgateError } from '../errors.ts';
@@ -11,12 +11,13 @@ import { attachControl, createFabric, returnSlot, type ControlEnd, type FabricDe
 import { Doorbell, waitForWorkAsync } from '../ring/doorbell.ts';
 import { PEER_RECORD_F64S, PEER_RX_ANY_PACKETS_F64, PEER_RX_BYTES_F64, PEER_RX_DATA_PACKETS_F64, PEER_TX_ANY_PACKETS_F64, PEER_TX_BYTES_F64, PEER_TX_DATA_PACKETS_F64 } from '../ring/layout.ts';
 import { Tun, tunOffloadWantedByDefault } from '../io/tun.ts';
-import { DatagramMeta, UdpSocket, sourceMayBeStale } from '../io/udp.ts';
+import { DatagramMeta, DEFAULT_BATCH_SIZE, UdpSocket, sourceMayBeStale } from '../io/udp.ts';
 import { LinkWatcher } from '../io/netlink.ts';
 import { closeFd, createEventFd, setIntOption, signalEventFd, SOL_SOCKET } from '../io/libc.ts';
 import { AllowedIps } from '../wireguard/allowedips.ts';
 import { DEFAULT_MTU, UNDER_LOAD_AFTER_TIME_MS } from '../wireguard/constants.ts';
 import { WireGuardEngine, type EngineEvent } from '../wireguard/engine.ts';
+import type { HandshakeJobResult } from '../wireguard/noise.ts';
 import { formatEndpoint, type Endpoint } from '../wireguard/endpoint.ts';
 import { isZeroKey, toPresharedKey, toPrivateKey, toPublicKey, zeroPresharedKey } from '../wireguard/keys.ts';
 import { UAPI_ERRNO, UapiError, type DeviceSnapshot, type PeerOperation, type PeerSnapshot, type SetOperation } from '../uapi/protocol.ts';
@@ -26,6 +27,7 @@ import { transportAddress, type TransportAddress } from '../ice/address.ts';
 import { CHANNEL_DATA_HEADER_BYTES, writeChannelDataHeader } from '../ice/turn.ts';
 import { endpointFromTransport, IceConnections, transportFromEndpoint, type ConnectionEvent, type RelayServer } from './connections.ts';
 import { MESSAGE_COOKIE_REPLY, MESSAGE_COOKIE_REPLY_SIZE, MESSAGE_INITIATION, MESSAGE_INITIATION_SIZE, MESSAGE_RESPONSE, MESSAGE_RESPONSE_SIZE } from '../wireguard/constants.ts';
+import { HandshakePool } from './handshake-pool.ts';
 import { commandSignalIndex, DROP_REPORT_INTERVAL_MS, type ControlNotice, type ReaderCommand, RouteChangeBatch, type UdpReaderCommand, type ThreadInit, type WorkerCommand } from './messages.ts';
 
 const SO_MARK = 36;
@@ -35,8 +37,24 @@ const TICK_MS = 100;
 const LINK_POLL_MS = 250;
 /** Control-plane datagrams handled per event-loop turn. */
 const HANDSHAKE_BATCH = 256;
-/** A handshake backlog this deep puts the device under load (cookie replies; whitepaper §5.3). */
+/**
+ * A handshake backlog this deep (datagrams waiting in the ring plus handshakes whose crypto is with
+ * the pool) puts the device under load (cookie replies; whitepaper §5.3).
+ */
 const UNDER_LOAD_BACKLOG = 32;
+/**
+ * At most this many handshakes with the pool at once; beyond it datagrams wait in the ring (and
+ * then in the socket's buffer), so a flood cannot queue unbounded work.
+ */
+const MAX_HANDSHAKE_JOBS = 1_024;
+/**
+ * The handshake pool starts when this many handshake datagrams wait at once, and stops after
+ * HANDSHAKE_POOL_IDLE_MS without a job: its threads cost about 20 MB of resident memory each, which
+ * a device that never sees a burst of handshakes should not pay. Until it is up, handshakes run
+ * inline as before.
+ */
+const HANDSHAKE_POOL_START_BACKLOG = 8;
+const HANDSHAKE_POOL_IDLE_MS = 60_000;
 /** How long packet threads get to finish before the process exits regardless. */
 const THREAD_STOP_TIMEOUT_MS = 2_000;
 /**
@@ -58,6 +76,11 @@ export interface DeviceOptions {
    * TURN share the WireGuard socket. Without it the device is a static drop-in for wireguard-go.
    */
   readonly ice?: IceModeOptions;
+  /**
+   * Threads for the responder's handshake crypto under load (default: $ZTGATE_HANDSHAKE_THREADS,
+   * else the number of cores up to 2); 0 keeps it on the control thread.
+   */
+  readonly handshakeThreads?: number;
 }
 
 export interface IceModeOptions {
@@ -95,7 +118,10 @@ export class Device {
   private readonly commandSignals: Int32Array;
   private readonly workerDoorbells: readonly Doorbell[];
   private readonly stats: Float64Array;
-  private readonly sendMeta = new DatagramMeta(1);
+  /** Datagrams staged to leave in one sendmmsg (see sendStaged), with whether each has a source set. */
+  private readonly sendMeta = new DatagramMeta(DEFAULT_BATCH_SIZE);
+  private readonly sendViews: Uint8Array[] = [];
+  private readonly sendHasSource: boolean[] = [];
   private readonly linkWatcher: LinkWatcher;
   /** eventfds the TUN and UDP readers poll beside their descriptors, to hear commands at once. */
   private readonly readerWakeFds: readonly [number, number];
@@ -105,6 +131,18 @@ export class Device {
   /** The UDP port bound now; it changes only through `rebind`, so it is kept rather than asked for. */
   private boundPort: number;
   private underLoadUntil = 0;
+  private readonly handshakeThreads: number;
+  private handshakePool: HandshakePool | null = null;
+  private handshakePoolStarting = false;
+  /** A pool that failed to start is not tried again: handshakes stay inline. */
+  private handshakePoolFailed = false;
+  private lastHandshakeJobAt = 0;
+  /** Resolves the control loop's wait when the pool answers (it waits when MAX_HANDSHAKE_JOBS are out). */
+  private handshakeProgress: (() => void) | null = null;
+  /** Packet threads that got commands during a pump(): each is rung once, after this event-loop turn. */
+  private readonly pendingRings = new Set<number>();
+  private ringsScheduled = false;
+  private pumping = false;
   private tick: NodeJS.Timeout | null = null;
   private linkPoll: NodeJS.Timeout | null = null;
   private stopping: Promise<void> | null = null;
@@ -125,6 +163,8 @@ export class Device {
     this.options = options;
     this.log = options.logger;
     this.stopped = new Promise((resolve) => (this.resolveStopped = resolve));
+    // Before anything is opened: a bad setting must not leave an interface behind.
+    this.handshakeThreads = options.handshakeThreads ?? handshakeThreadsFromEnv();
     // wireguard-go creates the interface with its default MTU and leaves it down: wg-quick or the
     // administrator brings it up.
     this.tun = Tun.open(options.interfaceName, { queues: 1, mtu: DEFAULT_MTU, up: false, offload: tunOffloadWantedByDefault() });
@@ -494,7 +534,16 @@ export class Device {
   private postWorker(index: number, command: WorkerCommand): void {
     this.workers[index]?.postMessage(command);
     Atomics.add(this.commandSignals, commandSignalIndex('worker', index, this.options.workers), 1);
-    this.workerDoorbells[index]?.ring();
+    // Inside pump() (handshakes, timers) a waking futex call per command would cost more than the
+    // commands: ring once per event-loop turn. The command is already visible to a thread that wakes
+    // for packets, so a late ring delays nothing that the peer is waiting for.
+    if (this.pumping) {
+      this.pendingRings.add(index);
+      if (!this.ringsScheduled) {
+        this.ringsScheduled = true;
+        setImmediate(() => this.ringPending());
+      }
+    } else this.workerDoorbells[index]?.ring();
   }
 
   private postReader(role: 'tunReader' | 'udpReader', command: ReaderCommand | UdpReaderCommand): void {
@@ -548,13 +597,19 @@ export class Device {
   private async serveHandshakes(): Promise<void> {
     const link = this.control.fromUdp;
     while (this.stopping === null) {
-      const backlog = link.ring.size;
+      const inFlight = this.engine.handshakeJobsInFlight;
+      if (inFlight >= MAX_HANDSHAKE_JOBS) {
+        await new Promise<void>((resolve) => (this.handshakeProgress = resolve));
+        continue;
+      }
+      const backlog = link.ring.size + inFlight;
       const now = monotonicNow();
+      if (backlog >= HANDSHAKE_POOL_START_BACKLOG) this.startHandshakePool(now);
       if (backlog >= UNDER_LOAD_BACKLOG) this.underLoadUntil = now + UNDER_LOAD_AFTER_TIME_MS;
       const underLoad = now < this.underLoadUntil;
       // At most a ring's worth per turn, then let timers, UAPI and notices run: a flood of
       // handshake or STUN datagrams must not starve the rest of the control thread.
-      let budget = HANDSHAKE_BATCH;
+      let budget = Math.min(HANDSHAKE_BATCH, MAX_HANDSHAKE_JOBS - inFlight);
       for (let slot = link.ring.pop(); slot >= 0; slot = budget-- > 0 ? link.ring.pop() : -1) {
         const slab = link.slab;
         const family = slab.remoteFamily(slot) === 4 ? 4 : 6;
@@ -601,6 +656,7 @@ export class Device {
     }
     if (this.engine.pollTimeout() <= now) this.engine.handleTimeout(now);
     this.pump();
+    this.stopIdleHandshakePool(now);
     this.reportControlDrops(now);
   }
 
@@ -615,12 +671,81 @@ export class Device {
     this.log.info({ thread: 'control', drops: counts }, 'dropped packets');
   }
 
-  /** Moves the engine's output to the socket and to the owning workers. */
+  /** Moves the engine's output to the socket, to the owning workers and to the handshake pool. */
   private pump(): void {
     // Commands first: a responder's keys must reach its worker before the response leaves, or the
     // initiator's first data packet could get there ahead of them.
-    for (let e = this.engine.pollEvent(); e !== undefined; e = this.engine.pollEvent()) this.dispatch(e);
-    for (let t = this.engine.pollTransmit(); t !== undefined; t = this.engine.pollTransmit()) this.transmit(t.to, t.bytes);
+    this.pumping = true;
+    try {
+      for (let e = this.engine.pollEvent(); e !== undefined; e = this.engine.pollEvent()) this.dispatch(e);
+    } finally {
+      this.pumping = false;
+    }
+    // Under a handshake storm a pump has many responses: one sendmmsg each batch, not a sendmsg each.
+    let staged = 0;
+    for (let t = this.engine.pollTransmit(); t !== undefined; t = this.engine.pollTransmit()) {
+      this.stage(staged++, t.to, t.bytes);
+      if (staged === DEFAULT_BATCH_SIZE) staged = this.sendStaged(staged);
+    }
+    if (staged > 0) this.sendStaged(staged);
+    const pool = this.handshakePool;
+    if (pool !== null) for (let j = this.engine.pollHandshakeJob(); j !== undefined; j = this.engine.pollHandshakeJob()) pool.submit(j);
+  }
+
+  private startHandshakePool(now: number): void {
+    if (this.handshakePool !== null || this.handshakePoolStarting || this.handshakePoolFailed || this.handshakeThreads === 0) return;
+    // From here the tick keeps this fresh while jobs are out (stopIdleHandshakePool).
+    this.lastHandshakeJobAt = now;
+    this.handshakePoolStarting = true;
+    HandshakePool.start({
+      threads: this.handshakeThreads,
+      onResults: (results) => this.onHandshakeResults(results),
+      onError: (error) => {
+        this.log.error({ err: error }, 'handshake thread failed');
+        void this.stop('handshake thread failed');
+      },
+    }).then((pool) => {
+      this.handshakePoolStarting = false;
+      if (this.stopping !== null) {
+        void pool.close();
+        return;
+      }
+      this.handshakePool = pool;
+      this.engine.setOffloadHandshakeCrypto(true);
+      this.log.info({ threads: this.handshakeThreads }, 'handshake pool started');
+    }, (error: unknown) => {
+      this.handshakePoolStarting = false;
+      this.handshakePoolFailed = true;
+      this.log.error({ err: error }, 'handshake pool failed to start; handshakes stay on the control thread');
+    });
+  }
+
+  /** Stops an idle pool (from the tick): nothing is out, so nothing can come back to a closed pool. */
+  private stopIdleHandshakePool(now: number): void {
+    const pool = this.handshakePool;
+    if (pool === null) return;
+    if (this.engine.handshakeJobsInFlight > 0) this.lastHandshakeJobAt = now;
+    if (now - this.lastHandshakeJobAt < HANDSHAKE_POOL_IDLE_MS) return;
+    this.engine.setOffloadHandshakeCrypto(false);
+    this.handshakePool = null;
+    void pool.close();
+    this.log.info({}, 'handshake pool stopped (idle)');
+  }
+
+  private ringPending(): void {
+    this.ringsScheduled = false;
+    for (const index of this.pendingRings) this.workerDoorbells[index]?.ring();
+    this.pendingRings.clear();
+  }
+
+  private onHandshakeResults(results: readonly HandshakeJobResult[]): void {
+    if (this.stopping !== null) return;
+    const now = monotonicNow();
+    for (const result of results) this.engine.completeHandshakeJob(result, now);
+    this.pump();
+    const progress = this.handshakeProgress;
+    this.handshakeProgress = null;
+    progress?.();
   }
 
   private dispatch(event: EngineEvent): void {
@@ -649,6 +774,12 @@ export class Device {
   }
 
   private transmit(to: Endpoint, payload: Uint8Array): void {
+    this.stage(0, to, payload);
+    this.sendStaged(1);
+  }
+
+  /** Puts a datagram for `to` at position `index` of the next sendStaged. */
+  private stage(index: number, to: Endpoint, payload: Uint8Array): void {
     let bytes = payload;
     if (to.relayChannel !== undefined && to.relayChannel !== 0) {
       // Through our TURN allocation: a ChannelData header in front (RFC 8656 §12.4).
@@ -657,15 +788,28 @@ export class Device {
       bytes.set(payload, CHANNEL_DATA_HEADER_BYTES);
     }
     const meta = this.sendMeta;
-    meta.setLength(0, bytes.length);
-    meta.setRemote(0, to.family, to.address, to.port);
-    if (to.localAddress === null) meta.clearLocal(0);
-    else meta.setLocal(0, to.family, to.localAddress, to.localIfindex);
-    if (this.socket.sendOne(bytes, meta, 0) === 1 && sourceMayBeStale(meta.status(0)) && to.localAddress !== null) {
-      // The sticky source address is gone: let the kernel choose (wireguard-go does the same).
-      meta.clearLocal(0);
-      this.socket.sendOne(bytes, meta, 0);
+    meta.setLength(index, bytes.length);
+    meta.setRemote(index, to.family, to.address, to.port);
+    if (to.localAddress === null) meta.clearLocal(index);
+    else meta.setLocal(index, to.family, to.localAddress, to.localIfindex);
+    this.sendViews[index] = bytes;
+    this.sendHasSource[index] = to.localAddress !== null;
+  }
+
+  /** Sends the first `count` staged datagrams; returns 0 (the next stage index). */
+  private sendStaged(count: number): number {
+    const meta = this.sendMeta;
+    // Datagrams past `done` met a full socket buffer and are dropped, as a lone send's would be.
+    const done = this.socket.sendBatch(this.sendViews, meta, count);
+    for (let i = 0; i < done; i++) {
+      if (this.sendHasSource[i] && sourceMayBeStale(meta.status(i))) {
+        // The sticky source address is gone: let the kernel choose (wireguard-go does the same).
+        meta.clearLocal(i);
+        this.socket.sendOne(this.sendViews[i]!, meta, i);
+      }
     }
+    this.sendViews.length = 0;
+    return 0;
   }
 
   private pollLink(): void {
@@ -714,6 +858,8 @@ export class Device {
     }
     if (this.linkPoll !== null) clearInterval(this.linkPoll);
     await this.uapi?.close();
+    await this.handshakePool?.close();
+    this.handshakeProgress?.();
     const threads = [...this.workers, ...this.readers];
     const exited = threads.map((t) => new Promise<void>((resolve) => t.once('exit', () => resolve())));
     for (let k = 0; k < this.workers.length; k++) this.postWorker(k, { kind: 'stop' });
@@ -730,6 +876,17 @@ export class Device {
     this.tun.close();
     this.resolveStopped();
   }
+}
+
+/** $ZTGATE_HANDSHAKE_THREADS when set (0 turns the pool off), else the cores, at most 2. */
+function handshakeThreadsFromEnv(): number {
+  const text = process.env['ZTGATE_HANDSHAKE_THREADS'];
+  if (text === undefined || text === '') return Math.min(2, availableParallelism());
+  const threads = Number(text);
+  if (!(Number.isInteger(threads) && threads >= 0 && threads <= 64)) {
+    throw new RangeError(`device: ZTGATE_HANDSHAKE_THREADS must be an integer from 0 to 64, got ${JSON.stringify(text)}`);
+  }
+  return threads;
 }
 
 /** A start-up failure worth a one-line message rather than a stack trace. */

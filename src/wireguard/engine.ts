@@ -18,16 +18,22 @@ import { endpointCookieSource, endpointsIdentical, type Endpoint } from './endpo
 import { IndexTable } from './indexes.ts';
 import type { PresharedKey, PrivateKey, PublicKey } from './keys.ts';
 import { keyToHex, parseKeyHex, publicKeyOf, toPublicKey } from './keys.ts';
-import { messageType, readU32LE } from './messages.ts';
+import { messageType, readU32LE, RESPONSE_SENDER, writeU32LE } from './messages.ts';
 import {
-  consumeInitiation,
   consumeResponse,
   createInitiation,
   createResponse,
+  finishInitiation,
+  openInitiation,
   peerCrypto,
+  type ConsumedInitiation,
+  type HandshakeJob,
+  type HandshakeJobResult,
   type InitiatorState,
   type LocalIdentity,
+  type OpenedInitiation,
   type PeerCrypto,
+  type SessionKeys,
 } from './noise.ts';
 import type { KeypairMaterial } from './session.ts';
 import { compareTimestamps, tai64nNow } from './tai64n.ts';
@@ -58,7 +64,9 @@ export type HandshakeDrop =
   | 'floodedInitiation'
   | 'unknownIndex'
   | 'badResponse'
-  | 'badCookieReply';
+  | 'badCookieReply'
+  /** The private key, the peer or its preshared key changed while the handshake's crypto ran. */
+  | 'staleHandshake';
 
 /** Transport counters a worker publishes for a peer (monotonic; the engine diffs them). */
 export interface PeerCounters {
@@ -80,7 +88,18 @@ export interface EngineOptions {
    * roaming; default true). Off when ICE chooses the path, which may run through a relay.
    */
   readonly roaming?: boolean;
+  /**
+   * Whether the responder's X25519 work leaves the engine as jobs (`pollHandshakeJob`, answered by
+   * `completeHandshakeJob`) for a pool of threads to run, instead of running inline (default false;
+   * `setOffloadHandshakeCrypto` changes it).
+   */
+  readonly offloadHandshakeCrypto?: boolean;
 }
+
+/** What the engine remembers about a job it handed out, to finish the handshake when it returns. */
+type PendingJob =
+  | { readonly kind: 'openInitiation'; readonly identity: LocalIdentity; readonly from: Endpoint }
+  | { readonly kind: 'respond'; readonly peer: number; readonly crypto: PeerCrypto; readonly senderIndex: number; readonly from: Endpoint };
 
 interface EnginePeer {
   readonly id: number;
@@ -138,7 +157,12 @@ export class WireGuardEngine {
     unknownIndex: 0,
     badResponse: 0,
     badCookieReply: 0,
+    staleHandshake: 0,
   };
+  private readonly jobs: HandshakeJob[] = [];
+  private readonly pendingJobs = new Map<number, PendingJob>();
+  private nextJobId = 0;
+  private offload: boolean;
   private readonly options: EngineOptions;
   /** Every peer's timers (whitepaper §6), by peer id. */
   private readonly timers: TimerTable;
@@ -151,6 +175,15 @@ export class WireGuardEngine {
   constructor(options: EngineOptions) {
     this.options = options;
     this.timers = new TimerTable(options.random);
+    this.offload = options.offloadHandshakeCrypto === true;
+  }
+
+  /**
+   * Hands the responder's crypto out as jobs from now on, or runs it inline again. Jobs already out
+   * still complete through completeHandshakeJob either way.
+   */
+  setOffloadHandshakeCrypto(on: boolean): void {
+    this.offload = on;
   }
 
   // ---- configuration -------------------------------------------------------------------------
@@ -326,6 +359,47 @@ export class WireGuardEngine {
     return this.events.shift();
   }
 
+  /** The next crypto job to run (offloadHandshakeCrypto only); its result goes to completeHandshakeJob. */
+  pollHandshakeJob(): HandshakeJob | undefined {
+    return this.jobs.shift();
+  }
+
+  /** Jobs handed out or waiting to be, whose results have not come back: the handshake backlog. */
+  get handshakeJobsInFlight(): number {
+    return this.pendingJobs.size;
+  }
+
+  /**
+   * The result of a job from pollHandshakeJob, in any order. Everything that depends on state is
+   * decided here, on the engine's thread: which peer, whether the timestamp is new, whether that
+   * peer and our key are still the ones the job was computed for.
+   */
+  completeHandshakeJob(result: HandshakeJobResult, now: number): void {
+    const pending = this.pendingJobs.get(result.id);
+    if (pending === undefined) return;
+    this.pendingJobs.delete(result.id);
+    if (result.kind === 'openInitiation' && pending.kind === 'openInitiation') {
+      if (pending.identity !== this.identity) {
+        this.drops.staleHandshake++;
+        return;
+      }
+      const accepted = this.acceptInitiation(result.opened, pending.from, now);
+      if (accepted === null) return;
+      const { peer, crypto, consumed } = accepted;
+      this.submitJob(
+        { kind: 'respond', id: this.nextJobId, consumed, remoteStatic: crypto.remoteStatic, presharedKey: crypto.presharedKey },
+        { kind: 'respond', peer: peer.id, crypto, senderIndex: consumed.senderIndex, from: pending.from },
+      );
+    } else if (result.kind === 'respond' && pending.kind === 'respond') {
+      const peer = this.peers.get(pending.peer);
+      if (peer === undefined || peer.crypto !== pending.crypto) {
+        this.drops.staleHandshake++;
+        return;
+      }
+      this.commitResponse(peer, pending.senderIndex, result.response, result.keys, pending.from, now);
+    }
+  }
+
   // ---- internals -------------------------------------------------------------------------------
 
   private onTimerExpired(peer: EnginePeer, expiry: TimerExpiry, now: number): void {
@@ -382,38 +456,60 @@ export class WireGuardEngine {
   private handleInitiation(buf: Uint8Array, len: number, from: Endpoint, now: number, underLoad: boolean): void {
     const identity = this.admit(buf, len, from, now, underLoad);
     if (identity === null) return;
-    const consumed = consumeInitiation(identity, buf, (key) => {
-      const candidate = this.peersByKey.get(keyToHex(key));
-      return candidate === undefined ? undefined : this.cryptoOf(candidate) ?? undefined;
-    });
-    if (consumed === null) {
-      this.drops.badInitiation++;
+    if (this.offload) {
+      this.submitJob({ kind: 'openInitiation', id: this.nextJobId, local: identity, message: buf.slice(0, len) }, { kind: 'openInitiation', identity, from });
       return;
     }
-    const peer = this.peersByKey.get(keyToHex(consumed.remoteStatic));
+    const accepted = this.acceptInitiation(openInitiation(identity, buf), from, now);
+    if (accepted === null) return;
+    const response = new Uint8Array(MESSAGE_RESPONSE_SIZE);
+    const keys = createResponse(accepted.consumed, accepted.crypto, 0, response);
+    this.commitResponse(accepted.peer, accepted.consumed.senderIndex, response, keys, from, now);
+  }
+
+  private submitJob(job: HandshakeJob, pending: PendingJob): void {
+    // u32 ids (the pool's records carry 32 bits): far more than are ever out at once.
+    this.nextJobId = (this.nextJobId + 1) >>> 0;
+    this.jobs.push(job);
+    this.pendingJobs.set(job.id, pending);
+  }
+
+  /**
+   * An initiation whose static key has been opened (or null): finds its peer, authenticates the
+   * timestamp and applies the replay and flood rules. Returns what the response needs, or null
+   * when the initiation was dropped (and counted).
+   */
+  private acceptInitiation(
+    opened: OpenedInitiation | null, from: Endpoint, now: number,
+  ): { peer: EnginePeer; crypto: PeerCrypto; consumed: ConsumedInitiation } | null {
+    const peer = opened === null ? undefined : this.peersByKey.get(keyToHex(opened.remoteStatic));
     const crypto = peer === undefined ? null : this.cryptoOf(peer);
-    if (peer === undefined || crypto === null) {
+    const consumed = opened === null || crypto === null ? null : finishInitiation(opened, crypto);
+    if (peer === undefined || crypto === null || consumed === null) {
       this.drops.badInitiation++;
-      return;
+      return null;
     }
     // Whitepaper §5.1: a TAI64N timestamp no newer than the last accepted one is a replay.
     if (peer.lastTimestamp !== null && compareTimestamps(consumed.timestamp, peer.lastTimestamp) <= 0) {
       this.drops.replayedInitiation++;
-      return;
+      return null;
     }
     if (now - peer.lastInitiationConsumedAt <= HANDSHAKE_INITIATION_RATE_MS) {
       this.drops.floodedInitiation++;
-      return;
+      return null;
     }
     peer.lastTimestamp = consumed.timestamp.slice();
     peer.lastInitiationConsumedAt = now;
     this.learnEndpoint(peer, from);
     peer.timers.onAnyAuthenticatedPacketTraversal(now);
     peer.timers.onAnyAuthenticatedPacketReceived();
+    return { peer, crypto, consumed };
+  }
 
+  /** A response built by createResponse (sender index still open): index, macs, session, send. */
+  private commitResponse(peer: EnginePeer, remoteIndex: number, response: Uint8Array, keys: SessionKeys, from: Endpoint, now: number): void {
     const localIndex = this.indexes.allocate(peer.shard, this.options.shardCount, { peer: peer.id }, this.randomU32);
-    const response = new Uint8Array(MESSAGE_RESPONSE_SIZE);
-    const keys = createResponse(consumed, crypto, localIndex, response);
+    writeU32LE(response, RESPONSE_SENDER, localIndex);
     this.cookiesOf(peer).addMacs(response, MESSAGE_RESPONSE_SIZE, now);
     this.rememberSession(peer, localIndex);
     this.events.push({
@@ -421,7 +517,7 @@ export class WireGuardEngine {
       peer: peer.id,
       keypair: {
         localIndex,
-        remoteIndex: consumed.senderIndex,
+        remoteIndex,
         sendKey: keys.sendKey,
         receiveKey: keys.receiveKey,
         isInitiator: false,

@@ -74,14 +74,26 @@ function checkIndex(index: number): void {
   }
 }
 
+// The AEAD backends keep views per buffer they see (aead.ts ViewCache), which pays off for the
+// long-lived packet slots; every handshake message is a fresh buffer, and a cache made for each
+// cost more than the AEAD itself. So handshake AEAD runs on two fixed scratch buffers (at most a
+// 32-byte key plus the tag passes through), copied in and out.
+const SCRATCH_SIZE = KEY_SIZE + AEAD_TAG_SIZE;
+const scratchIn = new Uint8Array(SCRATCH_SIZE);
+const scratchOut = new Uint8Array(SCRATCH_SIZE);
+
 /** AEAD(key, 0, plaintext, ad) into out[off, ...): every handshake key is used once, with counter 0. */
 function sealOnce(key: Uint8Array, plaintext: Uint8Array, ad: Uint8Array, out: Uint8Array, off: number): void {
-  aead.seal(key, 0, plaintext, 0, plaintext.length, ad, out, off);
+  const len = plaintext.length;
+  scratchIn.set(plaintext);
+  aead.seal(key, 0, scratchIn, 0, len, ad, scratchOut, 0);
+  out.set(scratchOut.subarray(0, len + AEAD_TAG_SIZE), off);
 }
 
 function openOnce(key: Uint8Array, msg: Uint8Array, off: number, len: number, ad: Uint8Array): Uint8Array | null {
-  const plaintext = new Uint8Array(len - AEAD_TAG_SIZE);
-  return aead.open(key, 0, msg, off, len, ad, plaintext, 0) === plaintext.length ? plaintext : null;
+  scratchIn.set(msg.subarray(off, off + len));
+  const plaintextLength = len - AEAD_TAG_SIZE;
+  return aead.open(key, 0, scratchIn, 0, len, ad, scratchOut, 0) === plaintextLength ? scratchOut.slice(0, plaintextLength) : null;
 }
 
 /** Everything the handshake needs to know about one peer; do this once when the peer is configured. */
@@ -137,6 +149,68 @@ export function createInitiation(
 }
 
 /**
+ * An initiation whose sender's static key has been decrypted (the `es` step, one X25519), not yet
+ * matched to a peer nor its timestamp authenticated. Plain data, so it can cross threads.
+ */
+export interface OpenedInitiation {
+  readonly remoteStatic: PublicKey;
+  readonly senderIndex: number;
+  readonly hash: Uint8Array;
+  readonly chainingKey: Uint8Array;
+  readonly remoteEphemeral: Uint8Array;
+  /** The encrypted timestamp as it came, for finishInitiation. */
+  readonly sealedTimestamp: Uint8Array;
+}
+
+/**
+ * The first half of consumeInitiation (whitepaper §5.4.2, responder side): the costly part, which
+ * needs only our identity and the message. Returns null for anything invalid; never throws on bad
+ * bytes. Only msg[0, 148) is read.
+ */
+export function openInitiation(local: LocalIdentity, msg: Uint8Array): OpenedInitiation | null {
+  if (msg.length < MESSAGE_INITIATION_SIZE) return null;
+  if (msg[0] !== MESSAGE_INITIATION || (msg[1]! | msg[2]! | msg[3]!) !== 0) return null;
+
+  const remoteEphemeral = msg.slice(INITIATION_EPHEMERAL, INITIATION_EPHEMERAL + KEY_SIZE);
+  let h = hash(INITIAL_HASH, local.publicKey);
+  h = hash(h, remoteEphemeral);
+  const es = x25519(local.privateKey, remoteEphemeral);
+  if (es === null) return null;
+  const [ck, key] = kdf2(kdf1(INITIAL_CHAINING_KEY, remoteEphemeral), es);
+  const remoteStatic = openOnce(key, msg, INITIATION_STATIC, INITIATION_STATIC_SIZE, h);
+  if (remoteStatic === null) return null;
+  h = hash(h, msg.subarray(INITIATION_STATIC, INITIATION_STATIC + INITIATION_STATIC_SIZE));
+  return {
+    remoteStatic: remoteStatic as PublicKey,
+    senderIndex: readU32LE(msg, INITIATION_SENDER),
+    hash: h,
+    chainingKey: ck,
+    remoteEphemeral,
+    sealedTimestamp: msg.slice(INITIATION_TIMESTAMP, INITIATION_TIMESTAMP + INITIATION_TIMESTAMP_SIZE),
+  };
+}
+
+/**
+ * The second half (the `ss` step with the peer's precomputed DH, then the timestamp): cheap, and
+ * needs the peer that `opened.remoteStatic` names. Returns null when the timestamp does not open.
+ */
+export function finishInitiation(opened: OpenedInitiation, peer: PeerCrypto): ConsumedInitiation | null {
+  if (constantTimeIsZero(peer.precomputedStaticStatic)) return null;
+  const [ck, key] = kdf2(opened.chainingKey, peer.precomputedStaticStatic);
+  const sealed = opened.sealedTimestamp;
+  const timestamp = openOnce(key, sealed, 0, sealed.length, opened.hash);
+  if (timestamp === null) return null;
+  return {
+    remoteStatic: peer.remoteStatic,
+    senderIndex: opened.senderIndex,
+    timestamp,
+    hash: hash(opened.hash, sealed),
+    chainingKey: ck,
+    remoteEphemeral: opened.remoteEphemeral,
+  };
+}
+
+/**
  * Processes an initiation addressed to `local` (whitepaper §5.4.2, responder side): decrypts the
  * sender's static key, finds its peer with `lookup`, and authenticates the timestamp. Returns null
  * for anything invalid; never throws on bad bytes. Only msg[0, 148) is read; mac1/mac2 are not
@@ -145,38 +219,10 @@ export function createInitiation(
 export function consumeInitiation(
   local: LocalIdentity, msg: Uint8Array, lookup: (remoteStatic: PublicKey) => PeerCrypto | undefined,
 ): ConsumedInitiation | null {
-  if (msg.length < MESSAGE_INITIATION_SIZE) return null;
-  if (msg[0] !== MESSAGE_INITIATION || (msg[1]! | msg[2]! | msg[3]!) !== 0) return null;
-
-  const remoteEphemeral = msg.slice(INITIATION_EPHEMERAL, INITIATION_EPHEMERAL + KEY_SIZE);
-  let h = hash(INITIAL_HASH, local.publicKey);
-  h = hash(h, remoteEphemeral);
-  let ck = kdf1(INITIAL_CHAINING_KEY, remoteEphemeral);
-
-  const es = x25519(local.privateKey, remoteEphemeral);
-  if (es === null) return null;
-  let key: Uint8Array;
-  [ck, key] = kdf2(ck, es);
-  const remoteStatic = openOnce(key, msg, INITIATION_STATIC, INITIATION_STATIC_SIZE, h);
-  if (remoteStatic === null) return null;
-  h = hash(h, msg.subarray(INITIATION_STATIC, INITIATION_STATIC + INITIATION_STATIC_SIZE));
-
-  const peer = lookup(remoteStatic as PublicKey);
-  if (peer === undefined || constantTimeIsZero(peer.precomputedStaticStatic)) return null;
-
-  [ck, key] = kdf2(ck, peer.precomputedStaticStatic);
-  const timestamp = openOnce(key, msg, INITIATION_TIMESTAMP, INITIATION_TIMESTAMP_SIZE, h);
-  if (timestamp === null) return null;
-  h = hash(h, msg.subarray(INITIATION_TIMESTAMP, INITIATION_TIMESTAMP + INITIATION_TIMESTAMP_SIZE));
-
-  return {
-    remoteStatic: peer.remoteStatic,
-    senderIndex: readU32LE(msg, INITIATION_SENDER),
-    timestamp,
-    hash: h,
-    chainingKey: ck,
-    remoteEphemeral,
-  };
+  const opened = openInitiation(local, msg);
+  if (opened === null) return null;
+  const peer = lookup(opened.remoteStatic);
+  return peer === undefined ? null : finishInitiation(opened, peer);
 }
 
 /** The ee, se and psk steps both sides run on the response (whitepaper §5.4.3). */
@@ -198,6 +244,8 @@ function mixResponseKeys(
  * Writes the response to a consumed initiation (whitepaper §5.4.3) into out[0, 92), mac1/mac2 left
  * zero for CookieGenerator.addMacs, and returns the responder's transport keys (§5.4.5). `peer` is
  * the one the initiation was matched to. A consumed initiation answers once: reusing it throws.
+ * The sender index is not part of the transcript (§5.4.3 hashes neither index), so a caller that
+ * only knows it later may write it over `localIndex` before adding the macs.
  */
 export function createResponse(
   consumed: ConsumedInitiation, peer: PeerCrypto, localIndex: number, out: Uint8Array,
@@ -255,4 +303,31 @@ export function consumeResponse(
   const [sendKey, receiveKey] = kdf2(ck, EMPTY);
   initiator.ephemeralPrivate.fill(0);
   return { senderIndex: readU32LE(msg, RESPONSE_SENDER), keys: { sendKey, receiveKey } };
+}
+
+/**
+ * The responder's costly steps as plain-data jobs, so that a pool of threads can run them while
+ * the control thread keeps the peer table, the replay checks and the indexes (engine.ts):
+ * `openInitiation` is the `es` X25519, `respond` the ephemeral key and the `ee` and `se` X25519s.
+ * Everything in a job or a result survives a structured clone.
+ */
+export type HandshakeJob =
+  | { readonly kind: 'openInitiation'; readonly id: number; readonly local: LocalIdentity; readonly message: Uint8Array }
+  | {
+    readonly kind: 'respond'; readonly id: number; readonly consumed: ConsumedInitiation;
+    readonly remoteStatic: PublicKey; readonly presharedKey: PresharedKey;
+  };
+
+export type HandshakeJobResult =
+  | { readonly kind: 'openInitiation'; readonly id: number; readonly opened: OpenedInitiation | null }
+  | { readonly kind: 'respond'; readonly id: number; readonly response: Uint8Array; readonly keys: SessionKeys };
+
+/** Runs one job; pure apart from drawing the response's ephemeral key. Never throws on bad bytes. */
+export function runHandshakeJob(job: HandshakeJob): HandshakeJobResult {
+  if (job.kind === 'openInitiation') return { kind: 'openInitiation', id: job.id, opened: openInitiation(job.local, job.message) };
+  const response = new Uint8Array(MESSAGE_RESPONSE_SIZE);
+  // createResponse reads only the remote static key and the preshared key of the peer.
+  const peer: PeerCrypto = { remoteStatic: job.remoteStatic, presharedKey: job.presharedKey, precomputedStaticStatic: EMPTY };
+  const keys = createResponse(job.consumed, peer, 0, response);
+  return { kind: 'respond', id: job.id, response, keys };
 }
