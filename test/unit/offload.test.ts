@@ -128,6 +128,24 @@ test('onesComplementSum matches the naive sum for any bytes, range and initial v
   }), { numRuns: 300 });
 });
 
+test('onesComplementSum matches the naive sum over any sub-range, at any alignment, of any view', () => {
+  // Ranges long enough for the word-wise path, starting at every alignment, inside views that
+  // start at every alignment of their buffer (shared, like a slab, or not).
+  fc.assert(fc.property(fc.uint8Array({ minLength: 64, maxLength: 4000 }), fc.nat(7), fc.nat(200), fc.nat(200), fc.nat(0xffff),
+    fc.boolean(), (content, viewOffset, cutFront, cutBack, initial, shared) => {
+      const buffer = shared ? new SharedArrayBuffer(content.length + 8) : new ArrayBuffer(content.length + 8);
+      const view = new Uint8Array(buffer, viewOffset, content.length);
+      view.set(content);
+      const from = Math.min(cutFront, content.length);
+      const to = Math.max(from, content.length - cutBack);
+      const expected = referenceSum(new Uint8Array([initial >> 8, initial & 0xff, ...content.subarray(from, to)]));
+      assert.equal(onesComplementSum(view, from, to, initial), expected);
+    }), { numRuns: 400 });
+  const ones = new Uint8Array(4096).fill(0xff);
+  assert.equal(onesComplementSum(ones, 0, ones.length), 0xffff);
+  assert.equal(onesComplementSum(new Uint8Array(4096), 0, 4096), 0);
+});
+
 for (const version of [4, 6] as const) {
   test(`a TCPv${version} super-packet is cut like the kernel's GSO would`, () => {
     const mss = 1380;
