@@ -328,9 +328,12 @@ export class Coalescer {
   /** TCP: the sequence number the next segment must have; UDP over IPv4: the next IP id. */
   private next = 0;
   private closed = false;
+  private readonly udp: boolean;
 
-  constructor() {
+  /** `udp`: coalesce UDP datagrams too (only when the TUN device takes USO super-packets). */
+  constructor(udp: boolean) {
     this.buffer = new Uint8Array(VIRTIO_NET_HDR_SIZE + MAX_IP_PACKET);
+    this.udp = udp;
   }
 
   /** Whether a group is open (flush it before writing anything else). */
@@ -353,6 +356,7 @@ export class Coalescer {
     let ipHeaderLength: number;
     let headersLength: number;
     if (protocol === IPPROTO_UDP) {
+      if (!this.udp) return false;
       ipHeaderLength = udpShape(bytes, at, length);
       if (ipHeaderLength === 0) return false;
       headersLength = ipHeaderLength + 8;

@@ -83,7 +83,7 @@ export function warmWorkerPaths(aead: AeadBackend, mtu: number, source: Datagram
   const slab = Slab.create(1);
   const payload = slab.payloadView(0);
   const meta = new DatagramMeta(1);
-  const coalescer = new Coalescer();
+  const coalescer = new Coalescer(true);
   const peerOut = new Int32Array(1);
   let intact = 0;
   for (let round = 0; round < rounds; round++) {

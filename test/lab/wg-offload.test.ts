@@ -43,10 +43,11 @@ else{talk(net.connect({port:Number(port),host,allowHalfOpen:true}));}`;
 // UDP: the client sends numbered datagrams of varying size, 16 at a time (a pace the tunnel can
 // take, so that loss would mean a fault, not load); the server checks each against what
 // datagram i must be and reports once nothing came for a second. UDP may lose datagrams under
-// load (counted drops), but never deliver a corrupted or foreign one.
+// load (counted drops), but never deliver a corrupted or foreign one. The servers ask for a 4 MiB
+// receive buffer so that a test process the loaded machine leaves waiting drops nothing itself.
 const DATAGRAMS = `const d=require('node:dgram');const [role,host,port,n]=process.argv.slice(1);
 const body=(i)=>{const b=Buffer.alloc(100+(i*37)%1300);for(let k=0;k<b.length;k++)b[k]=(i*7+k)&255;b.writeUInt32BE(i,0);return b;};
-const s=d.createSocket(host.includes(':')?'udp6':'udp4');
+const s=d.createSocket({type:host.includes(':')?'udp6':'udp4',recvBufferSize:4<<20});
 if(role==='server'){const seen=new Set();let bad=0;let idle=null;
 const report=()=>{console.log(JSON.stringify({good:seen.size,bad}));process.exit(0);};
 s.on('message',(m)=>{const i=m.length>=4?m.readUInt32BE(0):-1;if(i>=0&&i<Number(n)&&body(i).equals(m))seen.add(i);else bad++;
@@ -61,7 +62,7 @@ else{let i=0;const next=()=>{if(i>=Number(n)){s.close();return;}s.send(body(i++)
 const BURSTS = `const d=require('node:dgram');const [role,host,port,bursts,size]=process.argv.slice(1);
 const n=Number(bursts)*Number(size);const length=(i)=>600+(Math.floor(i/Number(size))*97)%800;
 const body=(i)=>{const b=Buffer.alloc(length(i));for(let k=0;k<b.length;k++)b[k]=(i*13+k*3)&255;b.writeUInt32BE(i,0);return b;};
-const s=d.createSocket(host.includes(':')?'udp6':'udp4');
+const s=d.createSocket({type:host.includes(':')?'udp6':'udp4',recvBufferSize:4<<20});
 if(role==='server'){const seen=new Set();let bad=0;let late=0;let last=-1;let idle=null;
 const report=()=>{console.log(JSON.stringify({good:seen.size,bad,late}));process.exit(0);};
 s.on('message',(m)=>{const i=m.length>=4?m.readUInt32BE(0):-1;if(i>=0&&i<n&&body(i).equals(m)){seen.add(i);if(i<last)late++;last=Math.max(last,i);}else bad++;

@@ -236,7 +236,7 @@ for (const version of [4, 6] as const) {
     fc.assert(fc.property(fc.integer({ min: 1, max: 40 }), fc.integer({ min: 1, max: 1400 }), fc.boolean(), (count, last, psh) => {
       const sizes = [...new Array<number>(count - 1).fill(1400), last];
       const packets = segmentsOf(version, sizes, psh ? 0x18 : 0x10);
-      const coalescer = new Coalescer();
+      const coalescer = new Coalescer(true);
       for (const p of packets) assert.ok(coalescer.add(p, 0, p.length));
       const length = coalescer.finish();
       const h = new VirtioHeader();
@@ -260,7 +260,7 @@ for (const version of [4, 6] as const) {
 }
 
 test('coalescing stops at anything that does not continue the flow', () => {
-  const coalescer = new Coalescer();
+  const coalescer = new Coalescer(true);
   const [a, b, c] = segmentsOf(4, [1000, 1000, 1000]) as [Uint8Array, Uint8Array, Uint8Array];
   const otherPort = a.slice(); otherPort[21] = 0x41;
   const syn = segmentsOf(4, [1000], 0x02)[0]!;
@@ -299,7 +299,7 @@ for (const version of [4, 6] as const) {
       fc.nat(0xffff), (count, size, lastSize, firstId) => {
         const last = Math.min(size, lastSize);
         const datagrams = datagramsOf(version, [...new Array<number>(count - 1).fill(size), last], firstId);
-        const coalescer = new Coalescer();
+        const coalescer = new Coalescer(true);
         for (const d of datagrams) assert.ok(coalescer.add(d, 0, d.length));
         const length = coalescer.finish();
         const h = new VirtioHeader();
@@ -328,7 +328,7 @@ for (const version of [4, 6] as const) {
 }
 
 test('UDP coalescing stops at anything that does not continue the flow', () => {
-  const coalescer = new Coalescer();
+  const coalescer = new Coalescer(true);
   const [a, b, c] = datagramsOf(4, [1000, 1000, 1000], 7) as [Uint8Array, Uint8Array, Uint8Array];
   assert.ok(coalescer.add(a, 0, a.length));
   assert.equal(coalescer.add(c, 0, c.length), false, 'an IPv4 id that does not follow');
@@ -373,8 +373,17 @@ test('UDP coalescing stops at anything that does not continue the flow', () => {
 });
 
 test('a UDP group ends after 64 datagrams, as the kernel GRO does', () => {
-  const coalescer = new Coalescer();
+  const coalescer = new Coalescer(true);
   const datagrams = datagramsOf(4, new Array<number>(65).fill(100));
   for (const d of datagrams.slice(0, 64)) assert.ok(coalescer.add(d, 0, d.length));
   assert.equal(coalescer.add(datagrams[64]!, 0, datagrams[64]!.length), false);
+});
+
+test('without USO on the TUN device, UDP datagrams are never coalesced but TCP segments still are', () => {
+  const coalescer = new Coalescer(false);
+  const [a] = datagramsOf(4, [1000, 1000]) as [Uint8Array];
+  assert.equal(coalescer.add(a, 0, a.length), false);
+  const [s, t] = segmentsOf(4, [1000, 1000]) as [Uint8Array, Uint8Array];
+  assert.ok(coalescer.add(s, 0, s.length));
+  assert.ok(coalescer.add(t, 0, t.length));
 });
