@@ -241,7 +241,7 @@ for (const version of [4, 6] as const) {
       const length = coalescer.finish();
       const h = new VirtioHeader();
       h.read(coalescer.buffer, 0);
-      const packet = coalescer.buffer.slice(VIRTIO_NET_HDR_SIZE, length);
+      const packet = Uint8Array.from(coalescer.buffer.subarray(VIRTIO_NET_HDR_SIZE, length));
       if (count === 1) {
         assert.equal(h.gsoType, 0);
         assert.equal(h.flags, 0);
@@ -304,7 +304,7 @@ for (const version of [4, 6] as const) {
         const length = coalescer.finish();
         const h = new VirtioHeader();
         h.read(coalescer.buffer, 0);
-        const packet = coalescer.buffer.slice(VIRTIO_NET_HDR_SIZE, length);
+        const packet = Uint8Array.from(coalescer.buffer.subarray(VIRTIO_NET_HDR_SIZE, length));
         if (count === 1) {
           assert.equal(h.gsoType, 0);
           assert.equal(h.flags, 0);
