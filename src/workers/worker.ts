@@ -307,7 +307,7 @@ while (running) {
   flushSends();
   const inbound = end.fromUdp.ring.popBatch(popped);
   for (let i = 0; i < inbound; i++) decryptSlot(end.fromUdp, popped[i]!);
-  // An open group stays open while datagrams keep coming (the rest of a sender's GSO run may
+  // An open TCP group stays open while datagrams keep coming (the rest of a sender's GSO run may
   // be one receive behind); it is written once a turn finds the ring empty, before any sleep.
   if (inbound === 0) flushCoalesced();
   flushSends();
