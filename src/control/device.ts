@@ -496,6 +496,7 @@ export class Device {
       udpFd: this.socket.fd,
       tunFds: this.tun.fds,
       tunVnetHeader: this.tun.vnetHeader,
+      tunUdpSegmentation: this.tun.udpSegmentation,
       commandSignals: this.commandSignals.buffer as SharedArrayBuffer,
       workerIndex,
       wakeFd,

@@ -130,6 +130,8 @@ export interface ThreadInit {
   readonly tunFds: readonly number[];
   /** TUN offloads are on: every read and write starts with a virtio-net header. */
   readonly tunVnetHeader: boolean;
+  /** The TUN device takes UDP super-packets (USO): workers may coalesce UDP datagrams. */
+  readonly tunUdpSegmentation: boolean;
   /** Int32 per consumer thread (workers, then readers): bumped by the control thread after each postMessage. */
   readonly commandSignals: SharedArrayBuffer;
   readonly workerIndex: number;

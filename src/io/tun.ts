@@ -6,7 +6,7 @@
 // calls fail (ENODEV) while the queue descriptors keep working.
 import { SyscallError } from '../errors.ts';
 import {
-  AF_INET, EAGAIN, EBADF, EBADFD, EINTR, O_CLOEXEC, O_NONBLOCK, O_RDWR, SOCK_CLOEXEC, SOCK_DGRAM, addressOf,
+  AF_INET, EAGAIN, EBADF, EBADFD, EINTR, EINVAL, O_CLOEXEC, O_NONBLOCK, O_RDWR, SOCK_CLOEXEC, SOCK_DGRAM, addressOf,
   closeFd, errno, libc, throwErrno,
 } from './libc.ts';
 
@@ -98,21 +98,28 @@ export function tunOffloadWantedByDefault(env: NodeJS.ProcessEnv = process.env):
   return env['ZTGATE_TUN_OFFLOAD'] !== '0';
 }
 
-function openQueue(name: string, vnetHeader: boolean): { fd: number; name: string } {
+/**
+ * Opens one queue. With `vnetHeader`, asks for checksum, TSO and USO offloads; a kernel older
+ * than 6.2 refuses USO (EINVAL), and then the queue gets checksum and TSO only: it neither hands
+ * out nor takes UDP super-packets, so `udpSegmentation` says whether writers may send them.
+ */
+function openQueue(name: string, vnetHeader: boolean): { fd: number; name: string; udpSegmentation: boolean } {
   const fd = libc.open('/dev/net/tun', O_RDWR | O_NONBLOCK | O_CLOEXEC, 0);
   if (fd < 0) throwErrno('open', '/dev/net/tun');
   try {
     const { bytes, view } = makeIfreq(name);
     view.setUint16(IFNAMSIZ, IFF_TUN | IFF_NO_PI | IFF_MULTI_QUEUE | (vnetHeader ? IFF_VNET_HDR : 0), true);
     if (libc.ioctl(fd, TUNSETIFF, bytes) < 0) throwErrno('ioctl', `TUNSETIFF ${name}`);
+    let udpSegmentation = false;
     if (vnetHeader) {
       if (libc.ioctl(fd, TUNSETVNETHDRSZ, new Int32Array([TUN_VNET_HDR_SIZE])) < 0) throwErrno('ioctl', 'TUNSETVNETHDRSZ');
       // The argument is the flag word itself, not a pointer to it.
-      const offloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6;
-      if (libc.ioctl(fd, TUNSETOFFLOAD, offloads) < 0) throwErrno('ioctl', 'TUNSETOFFLOAD');
+      const offloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+      udpSegmentation = libc.ioctl(fd, TUNSETOFFLOAD, offloads | TUN_F_USO4 | TUN_F_USO6) >= 0;
+      if (!udpSegmentation && (errno() !== EINVAL || libc.ioctl(fd, TUNSETOFFLOAD, offloads) < 0)) throwErrno('ioctl', 'TUNSETOFFLOAD');
     }
     // The kernel writes back the final name (it expands a "%d" pattern).
-    return { fd, name: ifreqName(bytes) };
+    return { fd, name: ifreqName(bytes), udpSegmentation };
   } catch (error) {
     libc.close(fd);
     throw error;
@@ -141,8 +148,8 @@ export interface TunOptions {
   /** Bring the link up after creation (default true). */
   readonly up?: boolean;
   /**
-   * IFF_VNET_HDR with checksum, TSO and USO offloads: reads and writes carry a 10-byte
-   * virtio-net header and reads may return super-packets (default false).
+   * IFF_VNET_HDR with checksum, TSO and (Linux 6.2 on) USO offloads: reads and writes carry a
+   * 10-byte virtio-net header and reads may return super-packets (default false).
    */
   readonly offload?: boolean;
 }
@@ -154,12 +161,15 @@ export class Tun {
   readonly ifindex: number;
   /** Whether every read and write carries a virtio-net header (offloads on). */
   readonly vnetHeader: boolean;
+  /** Whether the device takes UDP super-packets (USO, Linux 6.2): only then may writers coalesce UDP. */
+  readonly udpSegmentation: boolean;
   private closed = false;
 
-  private constructor(fds: readonly number[], ifindex: number, vnetHeader: boolean) {
+  private constructor(fds: readonly number[], ifindex: number, vnetHeader: boolean, udpSegmentation: boolean) {
     this.fds = fds;
     this.ifindex = ifindex;
     this.vnetHeader = vnetHeader;
+    this.udpSegmentation = udpSegmentation;
   }
 
   /** Creates (or attaches to) TUN interface `name` with `queues` queue descriptors. */
@@ -171,10 +181,15 @@ export class Tun {
     try {
       const first = openQueue(name, offload);
       fds.push(first.fd);
-      for (let q = 1; q < queues; q++) fds.push(openQueue(first.name, offload).fd);
+      let udpSegmentation = first.udpSegmentation;
+      for (let q = 1; q < queues; q++) {
+        const queue = openQueue(first.name, offload);
+        fds.push(queue.fd);
+        udpSegmentation &&= queue.udpSegmentation;
+      }
       if (options.mtu !== undefined) setInterfaceMtu(first.name, options.mtu);
       if (options.up ?? true) setInterfaceUp(first.name, true);
-      return new Tun(fds, interfaceIndex(first.name), offload);
+      return new Tun(fds, interfaceIndex(first.name), offload, udpSegmentation);
     } catch (error) {
       for (const fd of fds) libc.close(fd);
       throw error;

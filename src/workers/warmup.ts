@@ -2,7 +2,7 @@
 // per-packet functions in V8's interpreter until they have run often enough to be compiled, so the
 // first seconds of traffic (a ping, a handshake's first data) paid hundreds of µs per wake-up. Here
 // the same functions and classes run a few thousand times on throwaway objects — a Datapath with a
-// peer of its own and a random keypair, its own AllowedIps, Slab, DatagramMeta and TcpCoalescer,
+// peer of its own and a random keypair, its own AllowedIps, Slab, DatagramMeta and Coalescer,
 // its own slot pool, rings and doorbell —
 // so nothing touches a real peer, counter, ring, slot or socket, and no syscall is made.
 //
@@ -22,7 +22,7 @@ import { DEFAULT_SPIN_MICROS, Doorbell, waitForWork } from '../ring/doorbell.ts'
 import { Ring } from '../ring/ring.ts';
 import { Slab, SlotPool } from '../ring/slab.ts';
 import { Datapath, type DatagramSource } from './datapath.ts';
-import { TcpCoalescer } from './offload.ts';
+import { Coalescer } from './offload.ts';
 
 /** Enough calls for V8 to tier the per-packet functions up to optimized code (Maglev/Turbofan). */
 export const WARMUP_ROUNDS = 3_000;
@@ -72,7 +72,7 @@ function writeIpPacket(bytes: Uint8Array, at: number, length: number, version: 4
 
 /**
  * A packet worker's paths: slot traffic (warmRingPaths), encrypt an IP packet, fill the sendmmsg metadata, decrypt the datagram
- * back (index, replay, open, inner length, source check), and offer it to a TCP coalescer. The
+ * back (index, replay, open, inner length, source check), and offer it to a coalescer. The
  * keypair's receiver index is its own sender index, so each datagram decrypts on the same
  * Datapath. `source` is the worker's own DatagramSource (only read, so its call sites stay
  * monomorphic). Returns how many round trips gave the packet back intact (all of them, or a bug).
@@ -101,7 +101,7 @@ export function warmWorkerPaths(aead: AeadBackend, mtu: number, source: Datagram
   datapath.routes.insert(V4_SOURCE, 32, SCRATCH_PEER);
   datapath.routes.insert(V6_SOURCE, 128, SCRATCH_PEER);
   const meta = new DatagramMeta(1);
-  const coalescer = new TcpCoalescer();
+  const coalescer = new Coalescer(true);
   const peerOut = new Int32Array(1);
   let intact = 0;
   for (let round = 0; round < rounds; round++) {

@@ -2,8 +2,9 @@
 // packets — TUN slot → encrypt in place → sendmmsg, and UDP slot → decrypt in place → TUN write —
 // sleeping on its doorbell when its rings are empty. Handshakes and timers live on the control
 // thread, which sends keys and commands here; counters go back through the shared peer table.
-// With TUN offloads on, consecutive in-order TCP segments of one flow are written to the TUN
-// device as one super-packet (offload.ts), the rest one by one behind an empty virtio header.
+// With TUN offloads on, consecutive in-order TCP segments or equal-sized UDP datagrams of one flow
+// are written to the TUN device as one super-packet (offload.ts), the rest one by one behind an
+// empty virtio header.
 import { applyWorkerCommand, type CommandEffects } from './commands.ts';
 import { Datapath, DROPPED, STAGED, type DatagramSource } from './datapath.ts';
 import { commandSignalIndex, type WorkerCommand } from '../control/messages.ts';
@@ -16,7 +17,7 @@ import type { Endpoint } from '../wireguard/endpoint.ts';
 import { DatagramMeta, UdpSocket, sourceMayBeStale } from '../io/udp.ts';
 import { CHANNEL_DATA_HEADER_BYTES, writeChannelDataHeader } from '../ice/turn.ts';
 import { TUN_VNET_HDR_SIZE, tunWrite } from '../io/tun.ts';
-import { TcpCoalescer } from './offload.ts';
+import { Coalescer } from './offload.ts';
 import { monotonicNow } from '../clock.ts';
 import { CommandInbox, DropReporter, notifyControl, threadInit } from './thread-support.ts';
 import { warmWorkerPaths } from './warmup.ts';
@@ -39,8 +40,8 @@ const threadName = `worker${init.workerIndex}`;
 const reporter = new DropReporter(threadName);
 const ioDrops = { sendFailed: 0, sendBufferFull: 0, tunWriteFailed: 0, noFreeSlot: 0 };
 const vnetHeader = init.tunVnetHeader;
-const coalescer = new TcpCoalescer();
-let coalescedSegments = 0;
+const coalescer = new Coalescer(init.tunUdpSegmentation);
+let coalescedPackets = 0;
 const stats = new Float64Array(init.fabric.peerTable);
 const lastHandshakeRequest = new Map<number, number>();
 let now = monotonicNow();
@@ -248,12 +249,12 @@ function decryptSlot(link: InboundLink, slot: number): void {
   const length = datapath.decrypt(payload, link.slab.payloadLength(slot), source, now, peerOut);
   if (length > 0) {
     if (!vnetHeader) writeToTun(payload, SLOT_PLAINTEXT_OFFSET, length, 1);
-    else if (coalescer.add(payload, SLOT_PLAINTEXT_OFFSET, length)) coalescedSegments++;
+    else if (coalescer.add(payload, SLOT_PLAINTEXT_OFFSET, length)) coalescedPackets++;
     else {
       flushCoalesced();
-      if (coalescer.add(payload, SLOT_PLAINTEXT_OFFSET, length)) coalescedSegments++;
+      if (coalescer.add(payload, SLOT_PLAINTEXT_OFFSET, length)) coalescedPackets++;
       else {
-        // Not TCP that can be coalesced: written alone, after an all-zero virtio header (no
+        // Not TCP or UDP that can be coalesced: written alone, after an all-zero virtio header (no
         // offload, checksum complete) laid over the spent transport header.
         const at = SLOT_PLAINTEXT_OFFSET - TUN_VNET_HDR_SIZE;
         payload.fill(0, at, SLOT_PLAINTEXT_OFFSET);
@@ -264,12 +265,12 @@ function decryptSlot(link: InboundLink, slot: number): void {
   returnSlot(link, slot);
 }
 
-/** Writes the open group of TCP segments, if any, as one super-packet. */
+/** Writes the open group of TCP segments or UDP datagrams, if any, as one super-packet. */
 function flushCoalesced(): void {
   if (!coalescer.pending) return;
   const length = coalescer.finish();
-  writeToTun(coalescer.buffer, 0, length, coalescedSegments);
-  coalescedSegments = 0;
+  writeToTun(coalescer.buffer, 0, length, coalescedPackets);
+  coalescedPackets = 0;
 }
 
 function writeToTun(view: Uint8Array, offset: number, length: number, packets: number): void {

@@ -1,18 +1,22 @@
 // The offloaded packet path, byte for byte: TCP both ways at once (IPv4 and IPv6) and UDP
 // through a tunnel, with TUN offloads, UDP GSO and UDP GRO on and forced off (ZTGATE_TUN_OFFLOAD,
-// ZTGATE_UDP_GSO, ZTGATE_UDP_GRO), for every pairing of ZTGATE_LAB_IMPLS that runs ztgate.
+// ZTGATE_UDP_GSO, ZTGATE_UDP_GRO), for every pairing of ZTGATE_LAB_IMPLS that runs ztgate. UDP
+// goes twice: datagrams of varying size, and bursts of equal-sized ones, which a ztgate receiver
+// with offloads on writes to its TUN device coalesced (USO), so those must arrive whole and in order.
 // The payloads come from a keyed stream cipher, so any lost, duplicated, reordered or corrupted
 // byte changes the digest each end reports.
 
 import assert from 'node:assert/strict';
 import { createCipheriv, createHash } from 'node:crypto';
-import { buildPair, labTest, requireRoot, waitFor } from './lab.ts';
-import type { Netns } from './lab.ts';
+import { buildPair, labTest, linkStats, requireRoot, waitFor } from './lab.ts';
+import type { Netns, Side } from './lab.ts';
 
 await requireRoot();
 
 const BYTES_EACH_WAY = 24 << 20;
 const UDP_DATAGRAMS = 2000;
+const UDP_BURSTS = 60;
+const UDP_BURST_SIZE = 32;
 const KEY_A = '000102030405060708090a0b0c0d0e0f';
 const KEY_B = 'f0e0d0c0b0a090807060504030201000';
 
@@ -39,16 +43,60 @@ else{talk(net.connect({port:Number(port),host,allowHalfOpen:true}));}`;
 // UDP: the client sends numbered datagrams of varying size, 16 at a time (a pace the tunnel can
 // take, so that loss would mean a fault, not load); the server checks each against what
 // datagram i must be and reports once nothing came for a second. UDP may lose datagrams under
-// load (counted drops), but never deliver a corrupted or foreign one.
+// load (counted drops), but never deliver a corrupted or foreign one. The servers ask for a 4 MiB
+// receive buffer so that a test process the loaded machine leaves waiting drops nothing itself.
 const DATAGRAMS = `const d=require('node:dgram');const [role,host,port,n]=process.argv.slice(1);
 const body=(i)=>{const b=Buffer.alloc(100+(i*37)%1300);for(let k=0;k<b.length;k++)b[k]=(i*7+k)&255;b.writeUInt32BE(i,0);return b;};
-const s=d.createSocket(host.includes(':')?'udp6':'udp4');
+const s=d.createSocket({type:host.includes(':')?'udp6':'udp4',recvBufferSize:4<<20});
 if(role==='server'){const seen=new Set();let bad=0;let idle=null;
 const report=()=>{console.log(JSON.stringify({good:seen.size,bad}));process.exit(0);};
 s.on('message',(m)=>{const i=m.length>=4?m.readUInt32BE(0):-1;if(i>=0&&i<Number(n)&&body(i).equals(m))seen.add(i);else bad++;
 clearTimeout(idle);idle=setTimeout(report,1000);});
 s.bind(Number(port),host,()=>console.log('ready'));}
 else{let i=0;const next=()=>{if(i>=Number(n)){s.close();return;}s.send(body(i++),Number(port),host,()=>(i%16===0?setTimeout(next,2):setImmediate(next)));};next();}`;
+
+// UDP in bursts: the client sends UDP_BURST_SIZE datagrams of one size back to back (the size
+// changes from burst to burst), then pauses; the server checks each datagram against what
+// datagram i must be, counts those arriving after a later one, and reports once nothing came for
+// a second.
+const BURSTS = `const d=require('node:dgram');const [role,host,port,bursts,size]=process.argv.slice(1);
+const n=Number(bursts)*Number(size);const length=(i)=>600+(Math.floor(i/Number(size))*97)%800;
+const body=(i)=>{const b=Buffer.alloc(length(i));for(let k=0;k<b.length;k++)b[k]=(i*13+k*3)&255;b.writeUInt32BE(i,0);return b;};
+const s=d.createSocket({type:host.includes(':')?'udp6':'udp4',recvBufferSize:4<<20});
+if(role==='server'){const seen=new Set();let bad=0;let late=0;let last=-1;let idle=null;
+const report=()=>{console.log(JSON.stringify({good:seen.size,bad,late}));process.exit(0);};
+s.on('message',(m)=>{const i=m.length>=4?m.readUInt32BE(0):-1;if(i>=0&&i<n&&body(i).equals(m)){seen.add(i);if(i<last)late++;last=Math.max(last,i);}else bad++;
+clearTimeout(idle);idle=setTimeout(report,1000);});
+s.bind(Number(port),host,()=>console.log('ready'));}
+else{s.connect(Number(port),host,()=>{let i=0;const burst=()=>{if(i>=n){s.close();return;}
+for(let k=0;k<Number(size);k++)s.send(body(i++));setTimeout(burst,15);};burst();});}`;
+
+/**
+ * Bursts from `client` to `receiver` arrive byte for byte and in order; with `coalesced`, the
+ * receiver's TUN device must have taken them in fewer writes than datagrams (USO at work).
+ */
+async function udpBurstsExact(receiver: Side, client: Netns, address: string, port: number, coalesced: boolean): Promise<void> {
+  const count = UDP_BURSTS * UDP_BURST_SIZE;
+  const serverProcess = receiver.ns.lab.spawn(receiver.ns, process.execPath,
+    ['-e', BURSTS, 'server', address, String(port), String(UDP_BURSTS), String(UDP_BURST_SIZE)]);
+  try {
+    await waitFor('burst server', 5_000, () => (serverProcess.output().includes('ready') ? true : undefined));
+    const before = await linkStats(receiver.ns, receiver.ifname);
+    await client.exec(process.execPath, ['-e', BURSTS, 'client', address, String(port), String(UDP_BURSTS), String(UDP_BURST_SIZE)],
+      { timeoutMs: 30_000 });
+    await serverProcess.exited;
+    const after = await linkStats(receiver.ns, receiver.ifname);
+    const line = serverProcess.output().split('\n').find((l) => l.startsWith('{')) ?? '{}';
+    const { good, bad, late } = JSON.parse(line) as { good: number; bad: number; late: number };
+    assert.equal(bad, 0, `corrupted or foreign datagrams over ${address}`);
+    assert.equal(late, 0, `datagrams overtaken over ${address}`);
+    assert.ok(good >= count * 0.9, `only ${good} of ${count} datagrams arrived over ${address}`);
+    const writes = after.rxPackets - before.rxPackets;
+    if (coalesced) assert.ok(writes < good, `${good} datagrams took ${writes} TUN writes over ${address}: none coalesced`);
+  } finally {
+    await serverProcess.stop();
+  }
+}
 
 async function tcpBothWays(server: Netns, client: Netns, address: string, port: number): Promise<void> {
   const serverProcess = server.lab.spawn(server, process.execPath, ['-e', STREAM, 'server', address, String(port), KEY_B, String(BYTES_EACH_WAY)]);
@@ -99,6 +147,9 @@ for (const mode of ['offloads on', 'offloads off'] as const) {
       await tcpBothWays(a.ns, b.ns, a.tunnelV6, 7002);
       await udpExact(b.ns, a.ns, b.tunnelV4, 7003);
       await udpExact(a.ns, b.ns, a.tunnelV6, 7004);
+      const coalesces = (side: Side): boolean => mode === 'offloads on' && side.daemon.implName.startsWith('ztgate');
+      await udpBurstsExact(b, a.ns, b.tunnelV4, 7005, coalesces(b));
+      await udpBurstsExact(a, b.ns, a.tunnelV6, 7006, coalesces(a));
     } finally {
       for (const [key, value] of saved) {
         if (value === undefined) delete process.env[key];

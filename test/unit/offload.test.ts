@@ -1,11 +1,11 @@
 // TUN offload helpers: the checksum against a naive RFC 1071 reference, cutting TCP and UDP
 // super-packets the way the kernel's GSO does (checked field by field against an independent
-// checksum), and TCP coalescing, whose result cut again must give back the very same packets.
+// checksum), and TCP and UDP coalescing, whose result cut again must give back the very same packets.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import {
-  Segmenter, TcpCoalescer, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
+  Segmenter, Coalescer, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
   VIRTIO_NET_HDR_GSO_UDP_L4, VIRTIO_NET_HDR_SIZE, VirtioHeader, completeChecksum, onesComplementSum,
 } from '../../src/workers/offload.ts';
 
@@ -128,6 +128,24 @@ test('onesComplementSum matches the naive sum for any bytes, range and initial v
   }), { numRuns: 300 });
 });
 
+test('onesComplementSum matches the naive sum over any sub-range, at any alignment, of any view', () => {
+  // Ranges long enough for the word-wise path, starting at every alignment, inside views that
+  // start at every alignment of their buffer (shared, like a slab, or not).
+  fc.assert(fc.property(fc.uint8Array({ minLength: 64, maxLength: 4000 }), fc.nat(7), fc.nat(200), fc.nat(200), fc.nat(0xffff),
+    fc.boolean(), (content, viewOffset, cutFront, cutBack, initial, shared) => {
+      const buffer = shared ? new SharedArrayBuffer(content.length + 8) : new ArrayBuffer(content.length + 8);
+      const view = new Uint8Array(buffer, viewOffset, content.length);
+      view.set(content);
+      const from = Math.min(cutFront, content.length);
+      const to = Math.max(from, content.length - cutBack);
+      const expected = referenceSum(new Uint8Array([initial >> 8, initial & 0xff, ...content.subarray(from, to)]));
+      assert.equal(onesComplementSum(view, from, to, initial), expected);
+    }), { numRuns: 400 });
+  const ones = new Uint8Array(4096).fill(0xff);
+  assert.equal(onesComplementSum(ones, 0, ones.length), 0xffff);
+  assert.equal(onesComplementSum(new Uint8Array(4096), 0, 4096), 0);
+});
+
 for (const version of [4, 6] as const) {
   test(`a TCPv${version} super-packet is cut like the kernel's GSO would`, () => {
     const mss = 1380;
@@ -218,12 +236,12 @@ for (const version of [4, 6] as const) {
     fc.assert(fc.property(fc.integer({ min: 1, max: 40 }), fc.integer({ min: 1, max: 1400 }), fc.boolean(), (count, last, psh) => {
       const sizes = [...new Array<number>(count - 1).fill(1400), last];
       const packets = segmentsOf(version, sizes, psh ? 0x18 : 0x10);
-      const coalescer = new TcpCoalescer();
+      const coalescer = new Coalescer(true);
       for (const p of packets) assert.ok(coalescer.add(p, 0, p.length));
       const length = coalescer.finish();
       const h = new VirtioHeader();
       h.read(coalescer.buffer, 0);
-      const packet = coalescer.buffer.slice(VIRTIO_NET_HDR_SIZE, length);
+      const packet = Uint8Array.from(coalescer.buffer.subarray(VIRTIO_NET_HDR_SIZE, length));
       if (count === 1) {
         assert.equal(h.gsoType, 0);
         assert.equal(h.flags, 0);
@@ -242,7 +260,7 @@ for (const version of [4, 6] as const) {
 }
 
 test('coalescing stops at anything that does not continue the flow', () => {
-  const coalescer = new TcpCoalescer();
+  const coalescer = new Coalescer(true);
   const [a, b, c] = segmentsOf(4, [1000, 1000, 1000]) as [Uint8Array, Uint8Array, Uint8Array];
   const otherPort = a.slice(); otherPort[21] = 0x41;
   const syn = segmentsOf(4, [1000], 0x02)[0]!;
@@ -263,4 +281,109 @@ test('coalescing stops at anything that does not continue the flow', () => {
   assert.ok(coalescer.add(d, 0, d.length));
   assert.ok(coalescer.add(e, 0, e.length));
   assert.equal(coalescer.add(f, 0, f.length), false, 'a shorter segment ends the group');
+});
+
+/** Datagrams as a sender's stack would emit them: one flow, consecutive IPv4 ids, valid checksums. */
+function datagramsOf(version: 4 | 6, sizes: readonly number[], firstId = 0xfffd): Uint8Array[] {
+  return sizes.map((size, k) => {
+    const payload = Uint8Array.from({ length: size }, (_, i) => (i * 7 + k * 29 + 1) & 0xff);
+    const packet = asSuperPacket(buildPacket(version, 17, payload, { id: (firstId + k) & 0xffff }));
+    completeChecksum(packet, 0, packet.length, version === 4 ? 20 : 40, 6);
+    return packet;
+  });
+}
+
+for (const version of [4, 6] as const) {
+  test(`UDPv${version} coalescing: the super-packet, cut again, gives back the same datagrams`, () => {
+    fc.assert(fc.property(fc.integer({ min: 1, max: 64 }), fc.integer({ min: 1, max: 1000 }), fc.integer({ min: 1, max: 1000 }),
+      fc.nat(0xffff), (count, size, lastSize, firstId) => {
+        const last = Math.min(size, lastSize);
+        const datagrams = datagramsOf(version, [...new Array<number>(count - 1).fill(size), last], firstId);
+        const coalescer = new Coalescer(true);
+        for (const d of datagrams) assert.ok(coalescer.add(d, 0, d.length));
+        const length = coalescer.finish();
+        const h = new VirtioHeader();
+        h.read(coalescer.buffer, 0);
+        const packet = Uint8Array.from(coalescer.buffer.subarray(VIRTIO_NET_HDR_SIZE, length));
+        if (count === 1) {
+          assert.equal(h.gsoType, 0);
+          assert.equal(h.flags, 0);
+          assert.deepEqual(packet, datagrams[0]);
+          return;
+        }
+        const ip = version === 4 ? 20 : 40;
+        assert.equal(h.flags, VIRTIO_NET_HDR_F_NEEDS_CSUM);
+        assert.equal(h.gsoType, VIRTIO_NET_HDR_GSO_UDP_L4);
+        assert.equal(h.gsoSize, size);
+        assert.equal(h.headerLength, ip + 8);
+        assert.equal(h.csumStart, ip);
+        assert.equal(h.csumOffset, 6);
+        if (version === 4) assert.equal(referenceSum(packet.subarray(0, 20)), 0xffff);
+        assert.equal(be16(packet, ip + 4), packet.length - ip, 'UDP length of the whole group');
+        // The partial checksum is the pseudo-header sum for the group's length.
+        assert.equal(be16(packet, ip + 6), referenceSum(pseudo(packet, version, 17, packet.length - ip)));
+        assert.deepEqual(cut(packet, h), datagrams);
+      }), { numRuns: 80 });
+  });
+}
+
+test('UDP coalescing stops at anything that does not continue the flow', () => {
+  const coalescer = new Coalescer(true);
+  const [a, b, c] = datagramsOf(4, [1000, 1000, 1000], 7) as [Uint8Array, Uint8Array, Uint8Array];
+  assert.ok(coalescer.add(a, 0, a.length));
+  assert.equal(coalescer.add(c, 0, c.length), false, 'an IPv4 id that does not follow');
+  const otherPort = b.slice(); otherPort[23] = 0x52;
+  assert.equal(coalescer.add(otherPort, 0, otherPort.length), false, 'another destination port');
+  const otherSource = b.slice(); otherSource[15] = 9;
+  assert.equal(coalescer.add(otherSource, 0, otherSource.length), false, 'another source address');
+  const otherTos = b.slice(); otherTos[1] = 0;
+  assert.equal(coalescer.add(otherTos, 0, otherTos.length), false, 'another TOS');
+  const otherTtl = b.slice(); otherTtl[8] = 63;
+  assert.equal(coalescer.add(otherTtl, 0, otherTtl.length), false, 'another TTL');
+  const noDf = b.slice(); noDf[6] = 0;
+  assert.equal(coalescer.add(noDf, 0, noDf.length), false, 'DF differs');
+  const longer = datagramsOf(4, [1000, 1001], 7)[1]!;
+  assert.equal(coalescer.add(longer, 0, longer.length), false, 'longer than the first');
+  const badLength = b.slice(); badLength[25] ^= 1;
+  assert.equal(coalescer.add(badLength, 0, badLength.length), false, 'a UDP length that disagrees');
+  const [tcp] = segmentsOf(4, [1000]) as [Uint8Array];
+  assert.equal(coalescer.add(tcp, 0, tcp.length), false, 'TCP never joins a UDP group');
+  assert.ok(coalescer.add(b, 0, b.length));
+  assert.ok(coalescer.finish() > 0);
+  assert.equal(coalescer.pending, false);
+
+  const [d, e, f] = datagramsOf(6, [900, 400, 400]) as [Uint8Array, Uint8Array, Uint8Array];
+  assert.ok(coalescer.add(d, 0, d.length));
+  const otherFlowLabel = e.slice(); otherFlowLabel[3] ^= 1;
+  assert.equal(coalescer.add(otherFlowLabel, 0, otherFlowLabel.length), false, 'another flow label');
+  const otherHopLimit = e.slice(); otherHopLimit[7] = 1;
+  assert.equal(coalescer.add(otherHopLimit, 0, otherHopLimit.length), false, 'another hop limit');
+  assert.ok(coalescer.add(e, 0, e.length));
+  assert.equal(coalescer.add(f, 0, f.length), false, 'a shorter datagram ends the group');
+  coalescer.finish();
+
+  const zeroChecksum = datagramsOf(6, [500])[0]!;
+  zeroChecksum[46] = 0; zeroChecksum[47] = 0;
+  assert.equal(coalescer.add(zeroChecksum, 0, zeroChecksum.length), false, 'an IPv6 zero checksum is left to the kernel');
+  const fragment = datagramsOf(4, [500])[0]!;
+  fragment[6] = 0x20;
+  assert.equal(coalescer.add(fragment, 0, fragment.length), false, 'an IPv4 fragment never opens a group');
+  const empty = datagramsOf(4, [0])[0]!;
+  assert.equal(coalescer.add(empty, 0, empty.length), false, 'an empty datagram never opens a group');
+});
+
+test('a UDP group ends after 64 datagrams, as the kernel GRO does', () => {
+  const coalescer = new Coalescer(true);
+  const datagrams = datagramsOf(4, new Array<number>(65).fill(100));
+  for (const d of datagrams.slice(0, 64)) assert.ok(coalescer.add(d, 0, d.length));
+  assert.equal(coalescer.add(datagrams[64]!, 0, datagrams[64]!.length), false);
+});
+
+test('without USO on the TUN device, UDP datagrams are never coalesced but TCP segments still are', () => {
+  const coalescer = new Coalescer(false);
+  const [a] = datagramsOf(4, [1000, 1000]) as [Uint8Array];
+  assert.equal(coalescer.add(a, 0, a.length), false);
+  const [s, t] = segmentsOf(4, [1000, 1000]) as [Uint8Array, Uint8Array];
+  assert.ok(coalescer.add(s, 0, s.length));
+  assert.ok(coalescer.add(t, 0, t.length));
 });
