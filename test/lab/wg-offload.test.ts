@@ -40,7 +40,7 @@ s.write(stream(sendKey,Number(n)),()=>s.end());};
 if(role==='server'){net.createServer({allowHalfOpen:true},talk).listen(Number(port),host);}
 else{talk(net.connect({port:Number(port),host,allowHalfOpen:true}));}`;
 
-// UDP: the client sends numbered datagrams of varying size, 16 at a time (a pace the tunnel can
+// UDP: the client sends numbered datagrams of varying size, 8 at a time (a pace the tunnel can
 // take, so that loss would mean a fault, not load); the server checks each against what
 // datagram i must be and reports once nothing came for a second. UDP may lose datagrams under
 // load (counted drops), but never deliver a corrupted or foreign one. The servers ask for a 4 MiB
@@ -53,7 +53,7 @@ const report=()=>{console.log(JSON.stringify({good:seen.size,bad}));process.exit
 s.on('message',(m)=>{const i=m.length>=4?m.readUInt32BE(0):-1;if(i>=0&&i<Number(n)&&body(i).equals(m))seen.add(i);else bad++;
 clearTimeout(idle);idle=setTimeout(report,1000);});
 s.bind(Number(port),host,()=>console.log('ready'));}
-else{let i=0;const next=()=>{if(i>=Number(n)){s.close();return;}s.send(body(i++),Number(port),host,()=>(i%16===0?setTimeout(next,2):setImmediate(next)));};next();}`;
+else{let i=0;const next=()=>{if(i>=Number(n)){s.close();return;}s.send(body(i++),Number(port),host,()=>(i%8===0?setTimeout(next,2):setImmediate(next)));};next();}`;
 
 // UDP in bursts: the client sends UDP_BURST_SIZE datagrams of one size back to back (the size
 // changes from burst to burst), then pauses; the server checks each datagram against what
