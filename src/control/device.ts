@@ -33,6 +33,14 @@ import { commandSignalIndex, DROP_REPORT_INTERVAL_MS, type ControlNotice, type R
 const SO_MARK = 36;
 /** How often worker counters are turned into timer events, and timers are checked. */
 const TICK_MS = 100;
+/**
+ * The longest gap between ticks while the device is idle: no counter moved in the last tick and no
+ * engine input since. The engine's own deadlines are still met to the tick (the gap ends at the
+ * next one); only noticing that idle traffic resumed can take this long, which moves the timers
+ * that data starts (keepalive after 10 s, new handshake after 15 s) by at most this much.
+ * An idle tunnel then wakes its control thread once a second instead of ten times.
+ */
+const IDLE_TICK_MS = 1_000;
 /** How often the link watcher is drained (MTU changes, deletion). */
 const LINK_POLL_MS = 250;
 /** Control-plane datagrams handled per event-loop turn. */
@@ -144,6 +152,8 @@ export class Device {
   private ringsScheduled = false;
   private pumping = false;
   private tick: NodeJS.Timeout | null = null;
+  /** True while the next tick is further away than TICK_MS (see IDLE_TICK_MS). */
+  private tickIdle = false;
   private linkPoll: NodeJS.Timeout | null = null;
   private stopping: Promise<void> | null = null;
   private lastDropReportAt = 0;
@@ -196,7 +206,7 @@ export class Device {
       throw error;
     }
     if (options.ice !== undefined) device.startIce(options.ice);
-    device.tick = setInterval(() => device.onTick(), TICK_MS);
+    device.scheduleTick(TICK_MS);
     device.linkPoll = setInterval(() => device.pollLink(), LINK_POLL_MS);
     void device.serveHandshakes();
     device.log.info({ interface: options.interfaceName, workers: options.workers, port: device.boundPort }, 'device up');
@@ -644,8 +654,23 @@ export class Device {
     }
   }
 
+  private scheduleTick(delayMs: number): void {
+    this.tickIdle = delayMs > TICK_MS;
+    this.tick = setTimeout(() => this.onTick(), delayMs);
+  }
+
+  /** Any engine input ends an idle gap between ticks: its timers may now be due within one tick. */
+  private endIdleTicks(): void {
+    if (!this.tickIdle || this.tick === null) return;
+    clearTimeout(this.tick);
+    this.scheduleTick(TICK_MS);
+  }
+
   private onTick(): void {
+    // This timer has fired: the pump below must not schedule another one (endIdleTicks).
+    this.tick = null;
     const now = monotonicNow();
+    let moved = false;
     for (const peer of this.peersById.values()) {
       const r = peer.id * PEER_RECORD_F64S;
       const observed = this.observed;
@@ -653,12 +678,16 @@ export class Device {
       observed.txAny = this.stats[r + PEER_TX_ANY_PACKETS_F64]!;
       observed.rxData = this.stats[r + PEER_RX_DATA_PACKETS_F64]!;
       observed.rxAny = this.stats[r + PEER_RX_ANY_PACKETS_F64]!;
-      this.engine.observeCounters(peer.id, observed, now);
+      if (this.engine.observeCounters(peer.id, observed, now)) moved = true;
     }
-    if (this.engine.pollTimeout() <= now) this.engine.handleTimeout(now);
+    const deadline = this.engine.pollTimeout();
+    if (deadline <= now) this.engine.handleTimeout(now);
     this.pump();
     this.stopIdleHandshakePool(now);
     this.reportControlDrops(now);
+    if (this.stopping !== null) return;
+    const idle = !moved && deadline > now && this.engine.handshakeJobsInFlight === 0;
+    this.scheduleTick(idle ? Math.min(IDLE_TICK_MS, Math.max(TICK_MS, deadline - now)) : TICK_MS);
   }
 
   /** Logs the control thread's drop counters (handshakes, ICE, TURN) when they changed. */
@@ -674,6 +703,7 @@ export class Device {
 
   /** Moves the engine's output to the socket, to the owning workers and to the handshake pool. */
   private pump(): void {
+    this.endIdleTicks();
     // Commands first: a responder's keys must reach its worker before the response leaves, or the
     // initiator's first data packet could get there ahead of them.
     this.pumping = true;
@@ -850,7 +880,8 @@ export class Device {
 
   private async shutdown(reason: string): Promise<void> {
     this.log.info({ reason }, 'device stopping');
-    if (this.tick !== null) clearInterval(this.tick);
+    if (this.tick !== null) clearTimeout(this.tick);
+    this.tick = null;
     if (this.ice !== null) {
       // Release the relay allocations (best effort: the datagrams leave before the socket closes).
       this.ice.close(monotonicNow());

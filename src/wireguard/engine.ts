@@ -310,12 +310,16 @@ export class WireGuardEngine {
     this.events.push({ kind: 'handshakeComplete', peer: id, wallMs: this.options.wallClock() });
   }
 
-  /** The worker's transport counters for `id`, read from the shared peer table. */
-  observeCounters(id: number, counters: PeerCounters, now: number): void {
+  /**
+   * The worker's transport counters for `id`, read from the shared peer table. Returns whether any
+   * of them moved since the last observation (the shell observes more often while traffic flows).
+   */
+  observeCounters(id: number, counters: PeerCounters, now: number): boolean {
     const peer = this.peers.get(id);
-    if (peer === undefined) return;
+    if (peer === undefined) return false;
     const seen = this.seen;
     const at = 4 * id;
+    const moved = counters.rxAny !== seen[at + SEEN_RX_ANY] || counters.txAny !== seen[at + SEEN_TX_ANY];
     const timers = peer.timers;
     // Received first, then sent: within one observation interval we cannot know the order, and a
     // send after a receive is what makes a keepalive unnecessary.
@@ -334,6 +338,7 @@ export class WireGuardEngine {
     seen[at + SEEN_TX_ANY] = counters.txAny;
     seen[at + SEEN_RX_DATA] = counters.rxData;
     seen[at + SEEN_RX_ANY] = counters.rxAny;
+    return moved;
   }
 
   handleTimeout(now: number): void {
