@@ -218,6 +218,16 @@ test('completeChecksum finishes the partial checksum the kernel leaves', () => {
 });
 
 /** Segments as a sender's stack would emit them: consecutive seq and ids, valid checksums. */
+/** Feeds `packets` to a coalescer (each must join) and returns what it writes: header and packet. */
+function coalesced(packets: readonly Uint8Array[]): { h: VirtioHeader; packet: Uint8Array } {
+  const coalescer = new Coalescer(true);
+  for (const p of packets) assert.ok(coalescer.add(p, 0, p.length));
+  const length = coalescer.finish();
+  const h = new VirtioHeader();
+  h.read(coalescer.buffer, 0);
+  return { h, packet: Uint8Array.from(coalescer.buffer.subarray(VIRTIO_NET_HDR_SIZE, length)) };
+}
+
 function segmentsOf(version: 4 | 6, sizes: readonly number[], lastFlags = 0x18): Uint8Array[] {
   let seq = 0xffffff00;
   return sizes.map((size, k) => {
@@ -236,12 +246,7 @@ for (const version of [4, 6] as const) {
     fc.assert(fc.property(fc.integer({ min: 1, max: 40 }), fc.integer({ min: 1, max: 1400 }), fc.boolean(), (count, last, psh) => {
       const sizes = [...new Array<number>(count - 1).fill(1400), last];
       const packets = segmentsOf(version, sizes, psh ? 0x18 : 0x10);
-      const coalescer = new Coalescer(true);
-      for (const p of packets) assert.ok(coalescer.add(p, 0, p.length));
-      const length = coalescer.finish();
-      const h = new VirtioHeader();
-      h.read(coalescer.buffer, 0);
-      const packet = Uint8Array.from(coalescer.buffer.subarray(VIRTIO_NET_HDR_SIZE, length));
+      const { h, packet } = coalesced(packets);
       if (count === 1) {
         assert.equal(h.gsoType, 0);
         assert.equal(h.flags, 0);
@@ -299,12 +304,7 @@ for (const version of [4, 6] as const) {
       fc.nat(0xffff), (count, size, lastSize, firstId) => {
         const last = Math.min(size, lastSize);
         const datagrams = datagramsOf(version, [...new Array<number>(count - 1).fill(size), last], firstId);
-        const coalescer = new Coalescer(true);
-        for (const d of datagrams) assert.ok(coalescer.add(d, 0, d.length));
-        const length = coalescer.finish();
-        const h = new VirtioHeader();
-        h.read(coalescer.buffer, 0);
-        const packet = Uint8Array.from(coalescer.buffer.subarray(VIRTIO_NET_HDR_SIZE, length));
+        const { h, packet } = coalesced(datagrams);
         if (count === 1) {
           assert.equal(h.gsoType, 0);
           assert.equal(h.flags, 0);
