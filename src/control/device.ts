@@ -283,6 +283,8 @@ export class Device {
   private rebind(port: number): void {
     try {
       this.boundPort = this.socket.rebind(port);
+      // The new socket starts unmarked: keep the fwmark (wireguard-go sets it again after a bind too).
+      if (this.fwmark !== 0) setIntOption(this.socket.fd, SOL_SOCKET, SO_MARK, this.fwmark, 'SO_MARK');
       // The UDP reader's poll(2) still holds the old socket: wake it so the old port is released.
       signalEventFd(this.readerWakeFds[1]);
     } catch (error) {

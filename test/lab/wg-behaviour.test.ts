@@ -213,6 +213,21 @@ labTest('listen-port changes at run time; the peer re-learns it', 30_000, async 
   assertAllReplies(await ping(b.ns, a.tunnelV4), 'B after re-learning');
 });
 
+labTest('fwmark marks the UDP socket and stays on it when the listen-port changes', 30_000, async (lab, impls) => {
+  const { a, b } = await buildPair(lab, { implA: impls.a, implB: impls.b });
+  const markOf = async (port: number): Promise<string | undefined> => {
+    const { stdout } = await a.ns.exec('ss', ['-H', '-u', '-a', '-n', '-e', 'sport', '=', `:${port}`]);
+    return /fwmark:(0x[0-9a-f]+)/.exec(stdout)?.[1];
+  };
+  await wg(a.ns, ['set', a.ifname, 'fwmark', '0x2a']);
+  assert.equal((await wg(a.ns, ['show', a.ifname, 'fwmark'])).trim(), '0x2a');
+  assert.equal(await markOf(a.listenPort), '0x2a', 'the socket carries the mark');
+  await wg(a.ns, ['set', a.ifname, 'listen-port', '52002']);
+  assert.equal(await markOf(52002), '0x2a', 'the new socket carries it too');
+  await wg(b.ns, ['set', b.ifname, 'peer', a.keys.publicKey, 'endpoint', endpointOf('198.18.0.1', 52002)]);
+  assertAllReplies(await ping(b.ns, a.tunnelV4), 'through the marked socket');
+});
+
 labTest('the tunnel interface\'s kernel counters count the real traffic', 30_000, async (lab, impls) => {
   const { a, b } = await buildPair(lab, { implA: impls.a, implB: impls.b });
   assertAllReplies(await ping(a.ns, b.tunnelV4, { count: 1 }), 'warm-up (handshake)');
