@@ -529,44 +529,38 @@ export class Coalescer {
 }
 
 /**
- * For a UDP datagram that may be coalesced: its IP header length, or 0 when it may not (IPv4
- * options or fragments, IPv6 extension headers, an IPv6 zero checksum, lengths that disagree).
+ * The IP header length of a packet that may be coalesced as `protocol` with at least `minimum`
+ * bytes in all, or 0 when it may not: IPv4 options or fragments, IPv6 extension headers, another
+ * protocol, or a length that disagrees with the IP header.
+ */
+function coalescableIpHeader(bytes: Uint8Array, at: number, length: number, protocol: number, minimum: number): number {
+  if (length < minimum) return 0;
+  const version = bytes[at]! >> 4;
+  if (version === 4) {
+    if (bytes[at] !== 0x45 || bytes[at + 9] !== protocol || readU16(bytes, at + 2) !== length) return 0;
+    return (readU16(bytes, at + 6) & 0x3fff) === 0 ? 20 : 0; // MF or a fragment offset
+  }
+  if (version === 6) return bytes[at + 6] === protocol && readU16(bytes, at + 4) === length - 40 ? 40 : 0;
+  return 0;
+}
+
+/**
+ * For a UDP datagram that may be coalesced: its IP header length, or 0 when it may not (see
+ * coalescableIpHeader; also an IPv6 zero checksum, or a UDP length that disagrees).
  */
 function udpShape(bytes: Uint8Array, at: number, length: number): number {
-  const version = bytes[at]! >> 4;
-  let ip: number;
-  if (version === 4) {
-    if (length < 29 || bytes[at] !== 0x45 || bytes[at + 9] !== IPPROTO_UDP || readU16(bytes, at + 2) !== length) return 0;
-    if ((readU16(bytes, at + 6) & 0x3fff) !== 0) return 0; // MF or a fragment offset
-    ip = 20;
-  } else if (version === 6) {
-    if (length < 49 || bytes[at + 6] !== IPPROTO_UDP || readU16(bytes, at + 4) !== length - 40) return 0;
-    if (readU16(bytes, at + 46) === 0) return 0;
-    ip = 40;
-  } else {
-    return 0;
-  }
+  const ip = coalescableIpHeader(bytes, at, length, IPPROTO_UDP, (bytes[at]! >> 4) === 4 ? 29 : 49);
+  if (ip === 0 || (ip === 40 && readU16(bytes, at + 46) === 0)) return 0;
   return readU16(bytes, at + ip + 4) === length - ip ? ip : 0;
 }
 
 /**
  * For a TCP packet that may be coalesced: (IP header length) | (IP + TCP header length) << 8, or
- * 0 when it may not (not TCP, IPv4 options or fragments, IPv6 extension headers, flags other than
- * ACK and PSH, a length that disagrees with the IP header).
+ * 0 when it may not (see coalescableIpHeader; also flags other than ACK and PSH).
  */
 function tcpShape(bytes: Uint8Array, at: number, length: number): number {
-  const version = bytes[at]! >> 4;
-  let ip: number;
-  if (version === 4) {
-    if (length < 40 || bytes[at] !== 0x45 || bytes[at + 9] !== IPPROTO_TCP || readU16(bytes, at + 2) !== length) return 0;
-    if ((readU16(bytes, at + 6) & 0x3fff) !== 0) return 0; // MF or a fragment offset
-    ip = 20;
-  } else if (version === 6) {
-    if (length < 60 || bytes[at + 6] !== IPPROTO_TCP || readU16(bytes, at + 4) !== length - 40) return 0;
-    ip = 40;
-  } else {
-    return 0;
-  }
+  const ip = coalescableIpHeader(bytes, at, length, IPPROTO_TCP, (bytes[at]! >> 4) === 4 ? 40 : 60);
+  if (ip === 0) return 0;
   const tcpHeaderLength = (bytes[at + ip + 12]! >> 4) * 4;
   const flags = bytes[at + ip + 13]!;
   if (tcpHeaderLength < 20 || ip + tcpHeaderLength > length || (flags & ~TCP_PSH) !== TCP_ACK) return 0;
