@@ -30,8 +30,8 @@ import { describeMachine } from '../bench/harness.ts';
 import { DROP_REPORT_INTERVAL_MS } from '../src/control/messages.ts';
 import { parseCpuTicks, parseSocketDrops, parseUdpErrors, searchHighestRate, warningsIn } from './measure.ts';
 import type { LogRecord, RateSearch, UdpErrorCounters } from './measure.ts';
-import { buildPair, dropsByReason, iperf3, latestDropCounts, ping, requireRoot, run, withLab, wireguardGo, ztgate } from '../test/lab/lab.ts';
-import type { Netns, Pair, Side, WgImpl } from '../test/lab/lab.ts';
+import { buildPair, dropsByReason, iperf3, latestDropCounts, parsePairings, ping, requireRoot, run, withLab } from '../test/lab/lab.ts';
+import type { Netns, Pair, Side } from '../test/lab/lab.ts';
 
 const REPO_ROOT = resolve(import.meta.dirname, '..');
 
@@ -84,15 +84,6 @@ for (const [name, value, max] of [['seconds', seconds, 300], ['udp-seconds', udp
   if (!(Number.isInteger(value) && value >= 1 && value <= max)) throw new RangeError(`compare: --${name} must be an integer 1..${max}`);
 }
 
-function pairing(name: string): { a: WgImpl; b: WgImpl } {
-  switch (name) {
-    case 'ztgate': return { a: ztgate(workers), b: ztgate(workers) };
-    case 'mixed': return { a: ztgate(workers), b: wireguardGo };
-    case 'wireguard-go': return { a: wireguardGo, b: wireguardGo };
-    default: throw new RangeError(`compare: unknown pair ${JSON.stringify(name)} (ztgate, mixed or wireguard-go)`);
-  }
-}
-
 async function udpErrors(ns: Netns): Promise<UdpErrorCounters> {
   const snmp = await ns.exec('cat', ['/proc/net/snmp']);
   const snmp6 = await ns.exec('cat', ['/proc/net/snmp6'], { check: false });
@@ -137,7 +128,7 @@ function countedSendErrors(side: Side): number {
 }
 
 async function measurePair(name: string): Promise<PairReport> {
-  const { a, b } = pairing(name);
+  const { a, b } = parsePairings(name, workers)[0]!;
   return withLab(async (lab) => {
     const pair: Pair = await buildPair(lab, { implA: a, implB: b });
     const sides = [pair.a, pair.b] as const;

@@ -22,8 +22,8 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describeMachine } from '../bench/harness.ts';
 import { parseCpuTicks } from './measure.ts';
-import { buildPair, requireRoot, run, withLab, wireguardGo, ztgate } from '../test/lab/lab.ts';
-import type { Netns, WgImpl } from '../test/lab/lab.ts';
+import { buildPair, parsePairings, requireRoot, run, withLab } from '../test/lab/lab.ts';
+import type { Netns } from '../test/lab/lab.ts';
 
 const { values } = parseArgs({
   options: {
@@ -53,15 +53,6 @@ for (const interval of intervals) {
   if (!(interval >= 0.002 && interval <= 5)) throw new RangeError(`latency: each interval must be 0.002..5 s, got ${interval}`);
 }
 const pairNames = values.pairs.split(',').map((p) => p.trim()).filter(Boolean);
-
-function pairing(name: string): { a: WgImpl; b: WgImpl } {
-  switch (name) {
-    case 'ztgate': return { a: ztgate(workers), b: ztgate(workers) };
-    case 'mixed': return { a: ztgate(workers), b: wireguardGo };
-    case 'wireguard-go': return { a: wireguardGo, b: wireguardGo };
-    default: throw new RangeError(`latency: unknown pair ${JSON.stringify(name)} (ztgate, mixed or wireguard-go)`);
-  }
-}
 
 /** Every reply's RTT in ms, in order (ping's per-reply `time=` lines). */
 async function pingTimes(ns: Netns, target: string, n: number, intervalS: number): Promise<number[]> {
@@ -120,7 +111,7 @@ const idle = new Map<string, number[]>();
 const sent = new Map<string, number>();
 
 async function measure(name: string): Promise<void> {
-  const { a, b } = pairing(name);
+  const { a, b } = parsePairings(name, workers)[0]!;
   await withLab(async (lab) => {
     const pair = await buildPair(lab, { implA: a, implB: b });
     // The handshake, and the first packets through freshly started threads, are not what we measure.

@@ -609,8 +609,8 @@ export function parsePairings(spec: string, defaultWorkers = 2): ImplPairing[] {
       case 'mixed':
         return { name: item, a: ztgate(workers), b: wireguardGo };
       default:
-        throw new RangeError(`lab: unknown implementation ${JSON.stringify(item)} in ZTGATE_LAB_IMPLS ` +
-          '(expected wireguard-go, ztgate[:N] or mixed[:N])');
+        throw new RangeError(`lab: unknown implementation pairing ${JSON.stringify(item)} ` +
+          '(ZTGATE_LAB_IMPLS or --pairs: expected wireguard-go, ztgate[:N] or mixed[:N])');
     }
   });
 }
