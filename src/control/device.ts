@@ -283,13 +283,13 @@ export class Device {
   private rebind(port: number): void {
     try {
       this.boundPort = this.socket.rebind(port);
-      // The new socket starts unmarked: keep the fwmark (wireguard-go sets it again after a bind too).
-      if (this.fwmark !== 0) setIntOption(this.socket.fd, SOL_SOCKET, SO_MARK, this.fwmark, 'SO_MARK');
       // The UDP reader's poll(2) still holds the old socket: wake it so the old port is released.
       signalEventFd(this.readerWakeFds[1]);
     } catch (error) {
       throw new UapiError(UAPI_ERRNO.portInUse, `uapi: cannot listen on port ${port}: ${(error as Error).message}`, { cause: error });
     }
+    // The new socket starts unmarked: keep the fwmark (wireguard-go sets it again after a bind too).
+    if (this.fwmark !== 0) this.setFwmark(this.fwmark);
   }
 
   private setFwmark(value: number): void {
