@@ -11,7 +11,7 @@ import { attachControl, createFabric, returnSlot, type ControlEnd, type FabricDe
 import { Doorbell, waitForWorkAsync } from '../ring/doorbell.ts';
 import { PEER_RECORD_F64S, PEER_RX_ANY_PACKETS_F64, PEER_RX_BYTES_F64, PEER_RX_DATA_PACKETS_F64, PEER_TX_ANY_PACKETS_F64, PEER_TX_BYTES_F64, PEER_TX_DATA_PACKETS_F64 } from '../ring/layout.ts';
 import { Tun, tunOffloadWantedByDefault } from '../io/tun.ts';
-import { DatagramMeta, DEFAULT_BATCH_SIZE, UdpSocket, sourceMayBeStale } from '../io/udp.ts';
+import { DatagramMeta, DEFAULT_BATCH_SIZE, SteeredUdpGroup, UdpSocket, sourceMayBeStale } from '../io/udp.ts';
 import { LinkWatcher } from '../io/netlink.ts';
 import { closeFd, createEventFd, setIntOption, signalEventFd, SOL_SOCKET } from '../io/libc.ts';
 import { AllowedIps } from '../wireguard/allowedips.ts';
@@ -110,6 +110,8 @@ export class Device {
   private readonly log: Logger;
   private readonly tun: Tun;
   private readonly socket: UdpSocket;
+  /** With direct worker receive (ZTGATE_DIRECT_UDP, default on): the steered socket group. */
+  private readonly udpGroup: SteeredUdpGroup | null;
   private readonly fabric: FabricDescription;
   private readonly control: ControlEnd;
   private readonly engine: WireGuardEngine;
@@ -178,7 +180,10 @@ export class Device {
     // wireguard-go creates the interface with its default MTU and leaves it down: wg-quick or the
     // administrator brings it up.
     this.tun = Tun.open(options.interfaceName, { queues: 1, mtu: DEFAULT_MTU, up: false, offload: tunOffloadWantedByDefault() });
-    this.socket = UdpSocket.open(0);
+    // Transport data goes straight to its worker's socket, not through the UDP reader thread (two
+    // fewer thread hand-offs per round trip; perf/README.md, "Where one ping's time goes").
+    this.udpGroup = process.env['ZTGATE_DIRECT_UDP'] === '0' ? null : SteeredUdpGroup.open(0, options.workers);
+    this.socket = this.udpGroup?.reader ?? UdpSocket.open(0);
     this.boundPort = this.socket.port();
     this.fabric = createFabric({ workerCount: options.workers });
     this.control = attachControl(this.fabric);
@@ -282,9 +287,11 @@ export class Device {
 
   private rebind(port: number): void {
     try {
-      this.boundPort = this.socket.rebind(port);
+      this.boundPort = this.udpGroup === null ? this.socket.rebind(port) : this.udpGroup.rebind(port);
       // The UDP reader's poll(2) still holds the old socket: wake it so the old port is released.
+      // Workers polling their own sockets are woken through their doorbells.
       signalEventFd(this.readerWakeFds[1]);
+      for (const doorbell of this.workerDoorbells) doorbell.ring();
     } catch (error) {
       throw new UapiError(UAPI_ERRNO.portInUse, `uapi: cannot listen on port ${port}: ${(error as Error).message}`, { cause: error });
     }
@@ -294,7 +301,7 @@ export class Device {
 
   private setFwmark(value: number): void {
     try {
-      setIntOption(this.socket.fd, SOL_SOCKET, SO_MARK, value, 'SO_MARK');
+      for (const fd of [this.socket.fd, ...this.udpGroup?.workerFds ?? []]) setIntOption(fd, SOL_SOCKET, SO_MARK, value, 'SO_MARK');
       this.fwmark = value;
     } catch (error) {
       throw new UapiError(UAPI_ERRNO.portInUse, `uapi: cannot set fwmark: ${(error as Error).message}`, { cause: error });
@@ -506,6 +513,7 @@ export class Device {
     const init = (workerIndex: number, wakeFd: number): ThreadInit => ({
       fabric: this.fabric,
       udpFd: this.socket.fd,
+      workerUdpFd: this.udpGroup?.workerFds[workerIndex] ?? -1,
       tunFds: this.tun.fds,
       tunVnetHeader: this.tun.vnetHeader,
       tunUdpSegmentation: this.tun.udpSegmentation,
@@ -906,7 +914,8 @@ export class Device {
     for (const thread of threads) void thread.terminate();
     this.linkWatcher.close();
     for (const fd of this.readerWakeFds) closeFd(fd);
-    this.socket.close();
+    if (this.udpGroup === null) this.socket.close();
+    else this.udpGroup.close();
     this.tun.close();
     this.resolveStopped();
   }

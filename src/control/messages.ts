@@ -127,6 +127,8 @@ export type ControlNotice =
 export interface ThreadInit {
   readonly fabric: import('../ring/fabric.ts').FabricDescription;
   readonly udpFd: number;
+  /** Worker k: its own socket of the steered group (transport data for its indexes), or -1. */
+  readonly workerUdpFd: number;
   readonly tunFds: readonly number[];
   /** TUN offloads are on: every read and write starts with a virtio-net header. */
   readonly tunVnetHeader: boolean;

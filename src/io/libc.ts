@@ -91,6 +91,10 @@ export const SO_SNDBUF = 7;
 export const SO_RCVBUF = 8;
 export const SO_SNDBUFFORCE = 32;
 export const SO_RCVBUFFORCE = 33;
+/** socket(7): several sockets may bind one port; the kernel picks one per datagram. */
+export const SO_REUSEPORT = 15;
+/** socket(7): a classic BPF program picks the socket (its index in the group) for each datagram. */
+export const SO_ATTACH_REUSEPORT_CBPF = 51;
 export const SOL_IP = 0;
 export const IP_PKTINFO = 8;
 export const SOL_IPV6 = 41;
@@ -186,6 +190,32 @@ export function getIntOption(fd: number, level: number, name: number, what: stri
   const length = new Uint32Array([4]);
   if (libc.getsockopt(fd, level, name, box, length) < 0) throwErrno('getsockopt', what);
   return box[0] ?? 0;
+}
+
+/** One classic BPF instruction (linux/filter.h, struct sock_filter): 8 bytes. */
+export interface BpfInstruction {
+  readonly code: number;
+  readonly jt: number;
+  readonly jf: number;
+  readonly k: number;
+}
+
+/**
+ * Sets a socket option whose value is a struct sock_fprog (linux/filter.h: u16 length, then a
+ * pointer to the instructions), e.g. SO_ATTACH_REUSEPORT_CBPF. The kernel copies the program.
+ */
+export function setFilterOption(fd: number, name: number, program: readonly BpfInstruction[], what: string): void {
+  const instructions = new DataView(new ArrayBuffer(program.length * 8));
+  program.forEach((instruction, i) => {
+    instructions.setUint16(i * 8, instruction.code, true);
+    instructions.setUint8(i * 8 + 2, instruction.jt);
+    instructions.setUint8(i * 8 + 3, instruction.jf);
+    instructions.setUint32(i * 8 + 4, instruction.k >>> 0, true);
+  });
+  const fprog = new DataView(new ArrayBuffer(16));
+  fprog.setUint16(0, program.length, true);
+  storePointer(fprog, 8, addressOf(new Uint8Array(instructions.buffer)));
+  if (libc.setsockopt(fd, SOL_SOCKET, name, new Uint8Array(fprog.buffer), 16) < 0) throwErrno('setsockopt', what);
 }
 
 /** Closes a descriptor; EINTR still closes it on Linux, so it is not retried. */

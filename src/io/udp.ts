@@ -10,8 +10,9 @@ import {
   IPV6_PKTINFO, IPV6_RECVPKTINFO, IPV6_V6ONLY, IP_PKTINFO, MMSGHDR_LEN, MMSGHDR_SIZE, MSGHDR_CONTROL,
   MSGHDR_CONTROLLEN, MSGHDR_FLAGS, MSGHDR_IOV, MSGHDR_IOVLEN, MSGHDR_NAME, MSGHDR_NAMELEN,
   MSG_DONTWAIT, O_CLOEXEC, SOCKADDR_IN6_SIZE, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOL_IP, SOL_IPV6,
-  SOL_SOCKET, SOL_UDP, SO_RCVBUF, SO_RCVBUFFORCE, SO_SNDBUF, SO_SNDBUFFORCE, UDP_GRO, UDP_SEGMENT, addressOf, closeFd, cmsgSpace,
-  errno, getIntOption, isRoot, libc, setIntOption, storePointer, storeSize, throwErrno,
+  SOL_SOCKET, SOL_UDP, SO_ATTACH_REUSEPORT_CBPF, SO_RCVBUF, SO_RCVBUFFORCE, SO_REUSEPORT, SO_SNDBUF, SO_SNDBUFFORCE, UDP_GRO, UDP_SEGMENT,
+  addressOf, closeFd, cmsgSpace, errno, getIntOption, isRoot, libc, setFilterOption, setIntOption, storePointer, storeSize, throwErrno,
+  type BpfInstruction,
 } from './libc.ts';
 
 /**
@@ -259,7 +260,7 @@ function isV4Mapped(bytes: Uint8Array, at: number): boolean {
   return bytes[at + 10] === 0xff && bytes[at + 11] === 0xff;
 }
 
-function openBoundSocket(port: number, bufferBytes: number, gro: boolean): number {
+function openBoundSocket(port: number, bufferBytes: number, gro: boolean, reusePort = false): number {
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new RangeError(`udp: bad port ${port}`);
   const fd = libc.socket(AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) throwErrno('socket', 'AF_INET6 UDP');
@@ -271,6 +272,7 @@ function openBoundSocket(port: number, bufferBytes: number, gro: boolean): numbe
     setIntOption(fd, SOL_IP, IP_PKTINFO, 1, 'IP_PKTINFO');
     setIntOption(fd, SOL_IPV6, IPV6_RECVPKTINFO, 1, 'IPV6_RECVPKTINFO');
     setBufferSizes(fd, bufferBytes);
+    if (reusePort) setIntOption(fd, SOL_SOCKET, SO_REUSEPORT, 1, 'SO_REUSEPORT');
     if (gro) {
       // Fewer, larger receives (wireguard-go does the same, conn/gso_linux.go); kernels before
       // 5.0 refuse the option, and then every datagram simply arrives on its own.
@@ -747,5 +749,123 @@ export class UdpSocket {
     if (this.closed) return;
     this.closed = true;
     if (this.owned) closeFd(this.fd);
+  }
+}
+
+// ---- one port, several sockets: transport data straight to its worker --------------------------
+
+/** Classic BPF opcodes (linux/bpf_common.h, linux/filter.h) used by the steering program. */
+const BPF_LD_W_LEN = 0x80;
+const BPF_LD_W_ABS = 0x20;
+const BPF_LD_B_ABS = 0x30;
+const BPF_JGE_K = 0x35;
+const BPF_JEQ_K = 0x15;
+const BPF_LSH_K = 0x64;
+const BPF_OR_X = 0x4c;
+const BPF_MOD_K = 0x94;
+const BPF_ADD_K = 0x04;
+const BPF_TAX = 0x07;
+const BPF_RET_A = 0x16;
+const BPF_RET_K = 0x06;
+
+/** A WireGuard transport message starts with the bytes 04 00 00 00 (whitepaper §5.4.6). */
+const TRANSPORT_FIRST_WORD_BIG_ENDIAN = 0x0400_0000;
+/** Header (16) plus the AEAD tag (16) of an empty (keepalive) transport message. */
+const TRANSPORT_MIN_BYTES = 32;
+
+/**
+ * The reuseport program (SO_ATTACH_REUSEPORT_CBPF) for a group bound in the order reader, worker
+ * 0 … worker n-1: a transport message goes to socket 1 + (receiver index mod n), the worker that
+ * owns the index (indexes.ts, shardOfIndex); anything else (handshakes, cookies, STUN, TURN
+ * ChannelData, junk) to the reader's socket 0. For UDP the kernel runs the program with the data
+ * pulled past the UDP header (net/core/sock_reuseport.c, run_bpf_filter), so offsets are payload
+ * offsets and `len` is the payload length. Absolute loads are big-endian; the index is
+ * little-endian, so it is put together byte by byte.
+ */
+export function transportSteeringProgram(workerCount: number): BpfInstruction[] {
+  if (!Number.isInteger(workerCount) || workerCount < 1) throw new RangeError(`udp: worker count ${workerCount}`);
+  const op = (code: number, k = 0, jt = 0, jf = 0): BpfInstruction => ({ code, jt, jf, k });
+  return [
+    op(BPF_LD_W_LEN),
+    op(BPF_JGE_K, TRANSPORT_MIN_BYTES, 0, 18), // → ret #0
+    op(BPF_LD_W_ABS, 0),
+    op(BPF_JEQ_K, TRANSPORT_FIRST_WORD_BIG_ENDIAN, 0, 16), // → ret #0
+    op(BPF_LD_B_ABS, 7), op(BPF_LSH_K, 8), op(BPF_TAX),
+    op(BPF_LD_B_ABS, 6), op(BPF_OR_X), op(BPF_LSH_K, 8), op(BPF_TAX),
+    op(BPF_LD_B_ABS, 5), op(BPF_OR_X), op(BPF_LSH_K, 8), op(BPF_TAX),
+    op(BPF_LD_B_ABS, 4), op(BPF_OR_X),
+    op(BPF_MOD_K, workerCount),
+    op(BPF_ADD_K, 1),
+    op(BPF_RET_A),
+    op(BPF_RET_K, 0),
+  ];
+}
+
+/**
+ * Opens the reader's socket and one per worker on one port with SO_REUSEPORT, steered by
+ * transportSteeringProgram. The program is attached to the group right after the reader's socket
+ * is bound, before any worker socket joins: until a worker's socket exists its index is past the
+ * end of the group, and the kernel falls back to its hash over the sockets there (only the
+ * reader's at first), so nothing is lost while the group forms. Group order is bind order
+ * (sock_reuseport.c appends each socket). Returns the descriptors, reader's first.
+ */
+function openSteeredGroup(port: number, workerCount: number, bufferBytes: number, gro: boolean): number[] {
+  const fds: number[] = [];
+  try {
+    const reader = openBoundSocket(port, bufferBytes, gro, true);
+    fds.push(reader);
+    setFilterOption(reader, SO_ATTACH_REUSEPORT_CBPF, transportSteeringProgram(workerCount), 'SO_ATTACH_REUSEPORT_CBPF');
+    const bound = boundPort(reader);
+    // Worker sockets get no GRO: a worker does not split coalesced messages.
+    for (let k = 0; k < workerCount; k++) fds.push(openBoundSocket(bound, bufferBytes, false, true));
+    return fds;
+  } catch (error) {
+    for (const fd of fds) libc.close(fd);
+    throw error;
+  }
+}
+
+/**
+ * The steered group: `reader` (a UdpSocket the control thread owns) and the worker descriptors.
+ * Rebinding moves the whole group at once: a new group is formed on the new port and each
+ * descriptor number is replaced with dup3(2), so every thread's fds stay valid.
+ */
+export class SteeredUdpGroup {
+  readonly reader: UdpSocket;
+  readonly workerFds: readonly number[];
+  private readonly bufferBytes: number;
+  private readonly groEnabled: boolean;
+
+  private constructor(fds: number[], options: UdpSocketOptions, gro: boolean) {
+    this.reader = UdpSocket.attach(fds[0]!, options);
+    this.workerFds = fds.slice(1);
+    this.bufferBytes = options.bufferBytes ?? DEFAULT_SOCKET_BUFFER_BYTES;
+    this.groEnabled = gro;
+  }
+
+  static open(port: number, workerCount: number, options: UdpSocketOptions = {}): SteeredUdpGroup {
+    const gro = options.gro ?? groWantedByDefault();
+    return new SteeredUdpGroup(openSteeredGroup(port, workerCount, options.bufferBytes ?? DEFAULT_SOCKET_BUFFER_BYTES, gro), options, gro);
+  }
+
+  port(): number {
+    return this.reader.port();
+  }
+
+  /** Moves every socket of the group to `port` (0: any free one); returns the bound port. */
+  rebind(port: number): number {
+    if (port !== 0 && port === this.port()) return port;
+    const replacements = openSteeredGroup(port, this.workerFds.length, this.bufferBytes, this.groEnabled);
+    try {
+      const targets = [this.reader.fd, ...this.workerFds];
+      for (let k = 0; k < targets.length; k++) if (libc.dup3(replacements[k]!, targets[k]!, O_CLOEXEC) < 0) throwErrno('dup3');
+    } finally {
+      for (const fd of replacements) libc.close(fd);
+    }
+    return this.port();
+  }
+
+  close(): void {
+    for (const fd of [this.reader.fd, ...this.workerFds]) closeFd(fd);
   }
 }

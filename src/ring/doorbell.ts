@@ -12,7 +12,12 @@
 //
 // A producer rings once per batch it publishes, not once per entry.
 
-import { DOORBELL_COUNTER_WORD, DOORBELL_SIZE, DOORBELL_SLEEPING_WORD } from './layout.ts';
+import { DOORBELL_COUNTER_WORD, DOORBELL_EVENT_FD_WORD, DOORBELL_SIZE, DOORBELL_SLEEPING_WORD } from './layout.ts';
+import { signalEventFd, waitReadable } from '../io/libc.ts';
+
+/** `sleeping` values: awake, waiting on the counter (Atomics.wait), waiting in poll(2). */
+const SLEEPING_ON_COUNTER = 1;
+const SLEEPING_IN_POLL = 2;
 
 /** How a wait ended: work was seen without sleeping, a producer rang, or the timeout passed. */
 export type WakeReason = 'work' | 'rung' | 'timed-out';
@@ -46,10 +51,16 @@ export class Doorbell {
 
   /** Producer, after publishing into one of the consumer's rings: wake the consumer if it sleeps. */
   ring(): void {
-    if (Atomics.load(this.#words, DOORBELL_SLEEPING_WORD) !== 0) {
-      Atomics.add(this.#words, DOORBELL_COUNTER_WORD, 1);
-      Atomics.notify(this.#words, DOORBELL_COUNTER_WORD, 1);
-    }
+    const sleeping = Atomics.load(this.#words, DOORBELL_SLEEPING_WORD);
+    if (sleeping === 0) return;
+    Atomics.add(this.#words, DOORBELL_COUNTER_WORD, 1);
+    if (sleeping === SLEEPING_IN_POLL) signalEventFd(Atomics.load(this.#words, DOORBELL_EVENT_FD_WORD));
+    else Atomics.notify(this.#words, DOORBELL_COUNTER_WORD, 1);
+  }
+
+  /** Consumer only, once: the eventfd producers write while it waits in poll(2). */
+  useEventFd(fd: number): void {
+    Atomics.store(this.#words, DOORBELL_EVENT_FD_WORD, fd);
   }
 
   /** How many times a producer found the consumer asleep and rang (wraps at 2^32). */
@@ -66,8 +77,8 @@ export class Doorbell {
    * Consumer only: raise `sleeping` and return the counter to wait on. The caller must look at its
    * rings once more after this and call `wake()` if it finds work instead of waiting.
    */
-  announceSleep(): number {
-    Atomics.store(this.#words, DOORBELL_SLEEPING_WORD, 1);
+  announceSleep(inPoll = false): number {
+    Atomics.store(this.#words, DOORBELL_SLEEPING_WORD, inPoll ? SLEEPING_IN_POLL : SLEEPING_ON_COUNTER);
     return Atomics.load(this.#words, DOORBELL_COUNTER_WORD);
   }
 
@@ -109,6 +120,36 @@ export function waitForWork(
   const result = Atomics.wait(doorbell.counterView, DOORBELL_COUNTER_WORD, seen, timeoutMs);
   doorbell.wake();
   return result === 'timed-out' ? 'timed-out' : 'rung';
+}
+
+/**
+ * waitForWork for a consumer that also reads a socket of its own (`fd`): after the spin it sleeps
+ * in poll(2) on `fd` and the doorbell's eventfd (set with `useEventFd`), so either a datagram or a
+ * producer's ring wakes it. The same Dekker handshake as above, with the eventfd in place of the
+ * futex; an eventfd write that lands after the consumer woke only makes its next poll return early.
+ */
+export function waitForWorkOrReadable(
+  doorbell: Doorbell,
+  eventFd: number,
+  fd: number,
+  timeoutMs: number,
+  hasWork: () => boolean,
+  spinMicros: number = DEFAULT_SPIN_MICROS,
+): WakeReason {
+  if (spinMicros > 0) {
+    const spinUntil = performance.now() + spinMicros / 1000;
+    do {
+      for (let i = 0; i < SPIN_LOOKS_PER_CLOCK_READ; i++) if (hasWork()) return 'work';
+    } while (performance.now() < spinUntil);
+  }
+  doorbell.announceSleep(true);
+  if (hasWork()) {
+    doorbell.wake();
+    return 'work';
+  }
+  const readable = waitReadable(fd, timeoutMs, eventFd);
+  doorbell.wake();
+  return readable ? 'work' : 'rung';
 }
 
 /**

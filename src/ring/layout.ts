@@ -114,15 +114,18 @@ export const RING_MAX_CAPACITY = 1 << 24;
 //
 //   0          4          8                                                                64
 //   ├──────────┼──────────┼──────────────────────────────────────────────────────────────────┤
-//   │ counter  │ sleeping │ unused (the doorbell owns the whole line)                        │
-//   │ (int32)  │ (int32)  │                                                                  │
+//   │ counter  │ sleeping │ event fd │ unused (the doorbell owns the whole line)             │
+//   │ (int32)  │ (int32)  │ (int32)  │                                                       │
 //   └──────────┴──────────┴──────────────────────────────────────────────────────────────────┘
 //
 // counter: incremented by producers, only when `sleeping` is set; the consumer Atomics.waits on it.
-// sleeping: written only by the consumer: 1 just before it waits, 0 when it runs again.
+// sleeping: written only by the consumer: 1 just before it waits, 0 when it runs again; 2 instead
+//   of 1 when it waits in poll(2) (on a socket beside the doorbell): producers then also write the
+//   eventfd whose descriptor the consumer stored in `event fd`.
 
 export const DOORBELL_COUNTER_WORD = 0;
 export const DOORBELL_SLEEPING_WORD = 1;
+export const DOORBELL_EVENT_FD_WORD = 2;
 export const DOORBELL_SIZE = CACHE_LINE_SIZE;
 
 // ─── Peer table (one record per peer id) ─────────────────────────────────────────────────────────

@@ -10,11 +10,13 @@ import { Datapath, DROPPED, STAGED, type DatagramSource } from './datapath.ts';
 import { commandSignalIndex, type WorkerCommand } from '../control/messages.ts';
 import { attachWorker, returnSlot, type InboundLink } from '../ring/fabric.ts';
 import { SLOT_PLAINTEXT_OFFSET } from '../ring/layout.ts';
-import type { Slab } from '../ring/slab.ts';
-import { waitForWork } from '../ring/doorbell.ts';
+import { waitForWork, waitForWorkOrReadable } from '../ring/doorbell.ts';
+import { Slab, createSlabBuffer } from '../ring/slab.ts';
+import { createEventFd } from '../io/libc.ts';
+import { MESSAGE_TRANSPORT, MESSAGE_TRANSPORT_MIN_SIZE } from '../wireguard/constants.ts';
 import { aeadBackend } from '../wireguard/aead.ts';
 import type { Endpoint } from '../wireguard/endpoint.ts';
-import { DatagramMeta, UdpSocket, sourceMayBeStale } from '../io/udp.ts';
+import { DatagramMeta, META_BYTES, META_LOCAL_ADDRESS_BYTE, META_REMOTE_ADDRESS_BYTE, UdpSocket, sourceMayBeStale } from '../io/udp.ts';
 import { CHANNEL_DATA_HEADER_BYTES, writeChannelDataHeader } from '../ice/turn.ts';
 import { TUN_VNET_HDR_SIZE, tunWrite } from '../io/tun.ts';
 import { Coalescer } from './offload.ts';
@@ -33,12 +35,17 @@ const OWN = 1;
 const init = threadInit();
 const end = attachWorker(init.fabric, init.workerIndex);
 const workerCount = init.fabric.workerCount;
-const socket = UdpSocket.attach(init.udpFd, { batchSize: BATCH });
+/**
+ * With a steered socket group (io/udp.ts, SteeredUdpGroup) the worker receives the transport data
+ * for its own indexes on its own socket, and sends on it too (same port as the reader's).
+ */
+const direct = init.workerUdpFd >= 0;
+const socket = UdpSocket.attach(direct ? init.workerUdpFd : init.udpFd, { batchSize: BATCH });
 const tunFd = init.tunFds[init.workerIndex % init.tunFds.length]!;
 const inbox = new CommandInbox<WorkerCommand>(init.commandSignals, commandSignalIndex('worker', init.workerIndex, workerCount));
 const threadName = `worker${init.workerIndex}`;
 const reporter = new DropReporter(threadName);
-const ioDrops = { sendFailed: 0, sendBufferFull: 0, tunWriteFailed: 0, noFreeSlot: 0 };
+const ioDrops = { sendFailed: 0, sendBufferFull: 0, tunWriteFailed: 0, noFreeSlot: 0, notTransport: 0, truncated: 0 };
 const vnetHeader = init.tunVnetHeader;
 const coalescer = new Coalescer(init.tunUdpSegmentation);
 let coalescedPackets = 0;
@@ -201,7 +208,7 @@ function flushStaged(peer: number, keepaliveIfNone: boolean): void {
 
 /** The datagram in the slot being decrypted, seen as a DatagramSource (one reusable object). */
 class SlotSource implements DatagramSource {
-  readonly slab: Slab = end.fromUdp.slab;
+  slab: Slab = end.fromUdp.slab;
   slot = 0;
 
   matches(endpoint: Endpoint | null): boolean {
@@ -244,9 +251,16 @@ const source = new SlotSource();
 const peerOut = new Int32Array(1);
 
 function decryptSlot(link: InboundLink, slot: number): void {
-  const payload = link.slab.payloadView(slot);
+  decryptInto(link.slab, slot);
+  returnSlot(link, slot);
+}
+
+/** Decrypts the transport message in `slot` of `slab` and writes (or coalesces) it to the TUN. */
+function decryptInto(slab: Slab, slot: number): void {
+  const payload = slab.payloadView(slot);
+  source.slab = slab;
   source.slot = slot;
-  const length = datapath.decrypt(payload, link.slab.payloadLength(slot), source, now, peerOut);
+  const length = datapath.decrypt(payload, slab.payloadLength(slot), source, now, peerOut);
   if (length > 0) {
     if (!vnetHeader) writeToTun(payload, SLOT_PLAINTEXT_OFFSET, length, 1);
     else if (coalescer.add(payload, SLOT_PLAINTEXT_OFFSET, length)) coalescedPackets++;
@@ -262,7 +276,50 @@ function decryptSlot(link: InboundLink, slot: number): void {
       }
     }
   }
-  returnSlot(link, slot);
+}
+
+// ---- receiving on the worker's own socket ------------------------------------------------------
+
+/**
+ * Private slots for direct receives: each batch is decrypted and written before the next receive,
+ * so the same BATCH slots are posted again every time (the coalescer copies what it keeps).
+ */
+const directSlab = new Slab(createSlabBuffer(direct ? BATCH : 1));
+const directViews: Uint8Array[] = direct ? Array.from({ length: BATCH }, (_, k) => directSlab.payloadView(k)) : [];
+const directMeta = new DatagramMeta(BATCH);
+const eventFd = direct ? createEventFd() : -1;
+if (direct) end.doorbell.useEventFd(eventFd);
+
+/** Receives one batch on the worker's socket and decrypts it; returns how many datagrams. */
+function receiveDirect(): number {
+  const received = socket.recvBatch(directViews, directMeta, BATCH);
+  for (let i = 0; i < received; i++) {
+    const length = directMeta.length(i);
+    if (directMeta.status(i) !== 0) {
+      ioDrops.truncated++;
+      continue;
+    }
+    const payload = directViews[i]!;
+    // The steering program sends only transport messages here, but while a group forms the kernel
+    // may hash anything to any socket: check as the reader would (whitepaper §5.4.6).
+    if (length < MESSAGE_TRANSPORT_MIN_SIZE || payload[0] !== MESSAGE_TRANSPORT || payload[1] !== 0 || payload[2] !== 0 || payload[3] !== 0) {
+      ioDrops.notTransport++;
+      continue;
+    }
+    directSlab.setPayloadLength(i, length);
+    directSlab.setRemote(i, directMeta.remoteFamily(i), directMeta.remotePort(i));
+    directSlab.setLocalIfindex(i, directMeta.localIfindex(i));
+    const remote = directSlab.remoteAddressView(i);
+    const local = directSlab.localAddressView(i);
+    const base = i * META_BYTES;
+    const hasLocal = directMeta.localFamily(i) !== 0;
+    for (let k = 0; k < 16; k++) {
+      remote[k] = directMeta.bytes[base + META_REMOTE_ADDRESS_BYTE + k]!;
+      local[k] = hasLocal ? directMeta.bytes[base + META_LOCAL_ADDRESS_BYTE + k]! : 0;
+    }
+    decryptInto(directSlab, i);
+  }
+  return received;
 }
 
 /** Writes the open group of TCP segments or UDP datagrams, if any, as one super-packet. */
@@ -305,14 +362,18 @@ while (running) {
     encryptSlot(slab.peerId(slot), FROM_TUN, slot, slab.payloadLength(slot));
   }
   flushSends();
-  const inbound = end.fromUdp.ring.popBatch(popped);
+  let inbound = end.fromUdp.ring.popBatch(popped);
   for (let i = 0; i < inbound; i++) decryptSlot(end.fromUdp, popped[i]!);
+  if (direct) inbound += receiveDirect();
   // An open TCP group stays open while datagrams keep coming (the rest of a sender's GSO run may
   // be one receive behind); it is written once a turn finds the ring empty, before any sleep.
   if (inbound === 0) flushCoalesced();
   flushSends();
   reporter.maybeReport(allDrops, now);
-  if (outbound === 0 && inbound === 0) waitForWork(end.doorbell, IDLE_WAIT_MS, hasWork);
+  if (outbound === 0 && inbound === 0) {
+    if (direct) waitForWorkOrReadable(end.doorbell, eventFd, socket.fd, IDLE_WAIT_MS, hasWork);
+    else waitForWork(end.doorbell, IDLE_WAIT_MS, hasWork);
+  }
 }
 flushCoalesced();
 flushSends();
