@@ -105,6 +105,8 @@ interface DevicePeer {
   lastHandshakeWallMs: number;
 }
 
+const WORKER_FILE = '../workers/worker.ts';
+
 export class Device {
   private readonly options: DeviceOptions;
   private readonly log: Logger;
@@ -510,10 +512,10 @@ export class Device {
   }
 
   private async startThreads(): Promise<void> {
-    const init = (workerIndex: number, wakeFd: number): ThreadInit => ({
+    const init = (file: string, workerIndex: number, wakeFd: number): ThreadInit => ({
       fabric: this.fabric,
       udpFd: this.socket.fd,
-      workerUdpFd: this.udpGroup?.workerFds[workerIndex] ?? -1,
+      workerUdpFd: file === WORKER_FILE ? this.udpGroup?.workerFds[workerIndex] ?? -1 : -1,
       tunFds: this.tun.fds,
       tunVnetHeader: this.tun.vnetHeader,
       tunUdpSegmentation: this.tun.udpSegmentation,
@@ -526,7 +528,7 @@ export class Device {
     });
     const ready: Promise<void>[] = [];
     const spawn = (file: string, workerIndex: number, wakeFd = -1): Worker => {
-      const worker = new Worker(new URL(file, import.meta.url), { workerData: init(workerIndex, wakeFd), name: file, resourceLimits: { maxYoungGenerationSizeMb: PACKET_THREAD_YOUNG_GENERATION_MB } });
+      const worker = new Worker(new URL(file, import.meta.url), { workerData: init(file, workerIndex, wakeFd), name: file, resourceLimits: { maxYoungGenerationSizeMb: PACKET_THREAD_YOUNG_GENERATION_MB } });
       ready.push(
         new Promise<void>((resolve, reject) => {
           worker.once('message', () => resolve());
@@ -540,7 +542,7 @@ export class Device {
       });
       return worker;
     };
-    for (let k = 0; k < this.options.workers; k++) this.workers.push(spawn('../workers/worker.ts', k));
+    for (let k = 0; k < this.options.workers; k++) this.workers.push(spawn(WORKER_FILE, k));
     this.readers.push(
       spawn('../workers/tun-reader.ts', 0, this.readerWakeFds[0]),
       spawn('../workers/udp-reader.ts', 0, this.readerWakeFds[1]),
