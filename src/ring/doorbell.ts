@@ -127,6 +127,8 @@ export function waitForWork(
  * in poll(2) on `fd` and the doorbell's eventfd (set with `useEventFd`), so either a datagram or a
  * producer's ring wakes it. The same Dekker handshake as above, with the eventfd in place of the
  * futex; an eventfd write that lands after the consumer woke only makes its next poll return early.
+ * Returns 'work' when `fd` is readable, 'rung' when the rings hold work, else 'timed-out' (also
+ * after a ring that brought no work, e.g. a wake-up to poll a rebound socket).
  */
 export function waitForWorkOrReadable(
   doorbell: Doorbell,
@@ -149,7 +151,9 @@ export function waitForWorkOrReadable(
   }
   const readable = waitReadable(fd, timeoutMs, eventFd);
   doorbell.wake();
-  return readable ? 'work' : 'rung';
+  // poll(2) does not tell a timeout from an eventfd write that raced it: the rings decide.
+  if (readable) return 'work';
+  return hasWork() ? 'rung' : 'timed-out';
 }
 
 /**

@@ -4,6 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Doorbell, waitForWorkAsync } from '../../src/ring/doorbell.ts';
 import { Ring } from '../../src/ring/ring.ts';
+import { closeFd, createEventFd, signalEventFd } from '../../src/io/libc.ts';
 import { runJob } from './ring-helpers.ts';
 
 interface ConsumerResult {
@@ -63,6 +64,35 @@ test('a sleeping worker wakes when a producer pushes and rings', async () => {
   assert.ok(woke.elapsedMs < 5_000, `woke after ${woke.elapsedMs} ms, long before its 10 s timeout`);
   assert.equal(doorbell.rings, 1);
 });
+
+for (const wakeBy of ['a ring', 'its descriptor'] as const) {
+  test(`a worker sleeping in poll(2) on a descriptor and its doorbell wakes on ${wakeBy}`, async () => {
+    const ring = Ring.create(8);
+    const doorbell = Doorbell.create();
+    const pollFd = createEventFd();
+    try {
+      const result = runJob<{ reason: string; elapsedMs: number; value: number | undefined; sleepingAfter: boolean }>(
+        { kind: 'wake-in-poll', ring: ring.buffer, doorbell: doorbell.buffer, pollFd, timeoutMs: 10_000 },
+        15_000,
+      );
+      const deadline = performance.now() + 5_000;
+      while (!doorbell.sleeping && performance.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+      assert.equal(doorbell.sleeping, true, 'the worker announced that it sleeps');
+      await new Promise((r) => setTimeout(r, 50));
+      if (wakeBy === 'a ring') {
+        assert.equal(ring.push(1234), true);
+        doorbell.ring();
+      } else signalEventFd(pollFd);
+      const woke = await result;
+      assert.equal(woke.reason, wakeBy === 'a ring' ? 'rung' : 'work');
+      if (wakeBy === 'a ring') assert.equal(woke.value, 1234);
+      assert.equal(woke.sleepingAfter, false);
+      assert.ok(woke.elapsedMs < 5_000, `woke after ${woke.elapsedMs} ms, long before its 10 s timeout`);
+    } finally {
+      closeFd(pollFd);
+    }
+  });
+}
 
 test('ring() costs nothing while the consumer is awake: no counter change', () => {
   const doorbell = Doorbell.create();

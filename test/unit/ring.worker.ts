@@ -1,7 +1,8 @@
 // Worker-side halves of the cross-thread ring, slab and doorbell tests. Each job runs in its own
 // Worker, reports one result message, and gives up by itself after `deadlineMs` so no test can hang.
 import { parentPort, workerData } from 'node:worker_threads';
-import { Doorbell, waitForWork, type WakeReason } from '../../src/ring/doorbell.ts';
+import { Doorbell, waitForWork, waitForWorkOrReadable, type WakeReason } from '../../src/ring/doorbell.ts';
+import { closeFd, createEventFd } from '../../src/io/libc.ts';
 import { attachWorker, returnSlot, type FabricDescription } from '../../src/ring/fabric.ts';
 import { SLOT_PLAINTEXT_OFFSET } from '../../src/ring/layout.ts';
 import { Ring } from '../../src/ring/ring.ts';
@@ -32,6 +33,7 @@ export type Job =
   | SlotJob<'slot-consumer'>
   | { kind: 'idle'; ring: SharedArrayBuffer; doorbell: SharedArrayBuffer; durationMs: number; timeoutMs: number }
   | { kind: 'wake'; ring: SharedArrayBuffer; doorbell: SharedArrayBuffer; timeoutMs: number }
+  | { kind: 'wake-in-poll'; ring: SharedArrayBuffer; doorbell: SharedArrayBuffer; pollFd: number; timeoutMs: number }
   | { kind: 'fabric-worker'; fabric: FabricDescription; index: number; count: number; deadlineMs: number }
   | { kind: 'push-later'; ring: SharedArrayBuffer; doorbell: SharedArrayBuffer; value: number; delayMs: number };
 
@@ -228,6 +230,21 @@ function wake(job: Extract<Job, { kind: 'wake' }>): unknown {
   return { reason, elapsedMs: performance.now() - start, value: ring.pop(), sleepingAfter: doorbell.sleeping };
 }
 
+/** As `wake`, but sleeping in poll(2) on `pollFd` and the doorbell's eventfd. */
+function wakeInPoll(job: Extract<Job, { kind: 'wake-in-poll' }>): unknown {
+  const ring = new Ring(job.ring);
+  const doorbell = new Doorbell(job.doorbell);
+  const eventFd = createEventFd();
+  doorbell.useEventFd(eventFd);
+  try {
+    const start = performance.now();
+    const reason = waitForWorkOrReadable(doorbell, eventFd, job.pollFd, job.timeoutMs, () => !ring.isEmpty());
+    return { reason, elapsedMs: performance.now() - start, value: ring.pop(), sleepingAfter: doorbell.sleeping };
+  } finally {
+    closeFd(eventFd);
+  }
+}
+
 function fabricWorker(job: Extract<Job, { kind: 'fabric-worker' }>): unknown {
   const end = attachWorker(job.fabric, job.index);
   const start = performance.now();
@@ -275,6 +292,8 @@ function run(job: Job): unknown {
       return idle(job);
     case 'wake':
       return wake(job);
+    case 'wake-in-poll':
+      return wakeInPoll(job);
     case 'fabric-worker':
       return fabricWorker(job);
     case 'push-later':
