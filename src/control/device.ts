@@ -111,9 +111,9 @@ export class Device {
   private readonly options: DeviceOptions;
   private readonly log: Logger;
   private readonly tun: Tun;
+  /** The UDP port's sockets: the reader's (`socket`) and one per worker (io/udp.ts). */
+  private readonly udpGroup: SteeredUdpGroup;
   private readonly socket: UdpSocket;
-  /** With direct worker receive (ZTGATE_DIRECT_UDP, default on): the steered socket group. */
-  private readonly udpGroup: SteeredUdpGroup | null;
   private readonly fabric: FabricDescription;
   private readonly control: ControlEnd;
   private readonly engine: WireGuardEngine;
@@ -184,8 +184,8 @@ export class Device {
     this.tun = Tun.open(options.interfaceName, { queues: 1, mtu: DEFAULT_MTU, up: false, offload: tunOffloadWantedByDefault() });
     // Transport data goes straight to its worker's socket, not through the UDP reader thread (two
     // fewer thread hand-offs per round trip; perf/README.md, "Where one ping's time goes").
-    this.udpGroup = process.env['ZTGATE_DIRECT_UDP'] === '0' ? null : SteeredUdpGroup.open(0, options.workers);
-    this.socket = this.udpGroup?.reader ?? UdpSocket.open(0);
+    this.udpGroup = SteeredUdpGroup.open(0, options.workers);
+    this.socket = this.udpGroup.reader;
     this.boundPort = this.socket.port();
     this.fabric = createFabric({ workerCount: options.workers });
     this.control = attachControl(this.fabric);
@@ -289,7 +289,7 @@ export class Device {
 
   private rebind(port: number): void {
     try {
-      this.boundPort = this.udpGroup === null ? this.socket.rebind(port) : this.udpGroup.rebind(port);
+      this.boundPort = this.udpGroup.rebind(port);
       // The UDP reader's poll(2) still holds the old socket: wake it so the old port is released.
       // Workers polling their own sockets are woken through their doorbells.
       signalEventFd(this.readerWakeFds[1]);
@@ -303,7 +303,7 @@ export class Device {
 
   private setFwmark(value: number): void {
     try {
-      for (const fd of [this.socket.fd, ...this.udpGroup?.workerFds ?? []]) setIntOption(fd, SOL_SOCKET, SO_MARK, value, 'SO_MARK');
+      for (const fd of [this.socket.fd, ...this.udpGroup.workerFds]) setIntOption(fd, SOL_SOCKET, SO_MARK, value, 'SO_MARK');
       this.fwmark = value;
     } catch (error) {
       throw new UapiError(UAPI_ERRNO.portInUse, `uapi: cannot set fwmark: ${(error as Error).message}`, { cause: error });
@@ -514,8 +514,7 @@ export class Device {
   private async startThreads(): Promise<void> {
     const init = (file: string, workerIndex: number, wakeFd: number): ThreadInit => ({
       fabric: this.fabric,
-      udpFd: this.socket.fd,
-      workerUdpFd: file === WORKER_FILE ? this.udpGroup?.workerFds[workerIndex] ?? -1 : -1,
+      udpFd: file === WORKER_FILE ? this.udpGroup.workerFds[workerIndex]! : this.socket.fd,
       tunFds: this.tun.fds,
       tunVnetHeader: this.tun.vnetHeader,
       tunUdpSegmentation: this.tun.udpSegmentation,
@@ -916,8 +915,7 @@ export class Device {
     for (const thread of threads) void thread.terminate();
     this.linkWatcher.close();
     for (const fd of this.readerWakeFds) closeFd(fd);
-    if (this.udpGroup === null) this.socket.close();
-    else this.udpGroup.close();
+    this.udpGroup.close();
     this.tun.close();
     this.resolveStopped();
   }

@@ -126,9 +126,8 @@ export type ControlNotice =
 /** What every packet thread is started with (workerData). SharedArrayBuffers are shared, not copied. */
 export interface ThreadInit {
   readonly fabric: import('../ring/fabric.ts').FabricDescription;
+  /** The thread's socket of the steered group: worker k's own, else the reader's (io/udp.ts). */
   readonly udpFd: number;
-  /** Worker k: its own socket of the steered group (transport data for its indexes), or -1. */
-  readonly workerUdpFd: number;
   readonly tunFds: readonly number[];
   /** TUN offloads are on: every read and write starts with a virtio-net header. */
   readonly tunVnetHeader: boolean;

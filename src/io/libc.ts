@@ -84,6 +84,8 @@ export const O_RDWR = 2;
 export const O_RDONLY = 0;
 export const O_NONBLOCK = 0o4000;
 export const O_CLOEXEC = 0o2000000;
+/** fcntl(2): duplicate onto the lowest free descriptor ≥ arg, close-on-exec. */
+export const F_DUPFD_CLOEXEC = 1030;
 
 // Socket option levels and names.
 export const SOL_SOCKET = 1;

@@ -1,15 +1,15 @@
-// One dual-stack UDP socket shared by every thread: a reader thread receives in batches with
-// recvmmsg(2) and any worker sends in batches with sendmmsg(2), all on the same descriptor.
+// Dual-stack UDP sockets: a thread receives in batches with recvmmsg(2) and sends in batches with
+// sendmmsg(2). The daemon binds one port with a steered group of sockets (SteeredUdpGroup, at the
+// end): the reader's and one per worker, which the worker also sends on.
 // Packet bytes stay in the caller's (SharedArrayBuffer) slots: the iovecs point straight at them.
 // Each UdpSocket object owns native scratch memory (mmsghdr array, iovecs, addresses, control
 // buffers) that is built once and reused, so one object belongs to one thread; other threads
 // wrap the same descriptor with `UdpSocket.attach(fd)`.
-import { SyscallError } from '../errors.ts';
 import {
-  AF_INET6, CMSGHDR_SIZE, EADDRNOTAVAIL, EAGAIN, EBADF, EINTR, EINVAL, EIO, ENETUNREACH, IN6_PKTINFO_SIZE, IN_PKTINFO_SIZE, IOVEC_SIZE,
+  AF_INET6, CMSGHDR_SIZE, EADDRNOTAVAIL, EAGAIN, EINTR, EINVAL, EIO, ENETUNREACH, IN6_PKTINFO_SIZE, IN_PKTINFO_SIZE, IOVEC_SIZE,
   IPV6_PKTINFO, IPV6_RECVPKTINFO, IPV6_V6ONLY, IP_PKTINFO, MMSGHDR_LEN, MMSGHDR_SIZE, MSGHDR_CONTROL,
   MSGHDR_CONTROLLEN, MSGHDR_FLAGS, MSGHDR_IOV, MSGHDR_IOVLEN, MSGHDR_NAME, MSGHDR_NAMELEN,
-  MSG_DONTWAIT, O_CLOEXEC, SOCKADDR_IN6_SIZE, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOL_IP, SOL_IPV6,
+  F_DUPFD_CLOEXEC, MSG_DONTWAIT, O_CLOEXEC, SOCKADDR_IN6_SIZE, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOL_IP, SOL_IPV6,
   SOL_SOCKET, SOL_UDP, SO_ATTACH_REUSEPORT_CBPF, SO_RCVBUF, SO_RCVBUFFORCE, SO_REUSEPORT, SO_SNDBUF, SO_SNDBUFFORCE, UDP_GRO, UDP_SEGMENT,
   addressOf, closeFd, cmsgSpace, errno, getIntOption, isRoot, libc, setFilterOption, setIntOption, storePointer, storeSize, throwErrno,
   type BpfInstruction,
@@ -312,7 +312,6 @@ export class UdpSocket {
   readonly fd: number;
   readonly batchSize: number;
   private readonly owned: boolean;
-  private readonly bufferBytes: number;
   private readonly scratch: ArrayBuffer;
   private readonly scratchView: DataView;
   private readonly scratchBytes: Uint8Array;
@@ -342,7 +341,6 @@ export class UdpSocket {
     this.fd = fd;
     this.owned = owned;
     this.batchSize = batchSize;
-    this.bufferBytes = options.bufferBytes ?? DEFAULT_SOCKET_BUFFER_BYTES;
     this.gsoEnabled = options.gso ?? gsoWantedByDefault();
     this.groupFirst = new Int32Array(batchSize);
     this.groupSize = new Int32Array(batchSize);
@@ -724,26 +722,6 @@ export class UdpSocket {
     }
   }
 
-  /**
-   * Moves the socket to another port at run time (listen-port change). The new socket is bound
-   * first and then installed on the same descriptor number with dup3(2), so every thread's
-   * `fd` stays valid and a failed bind leaves the old socket untouched. Datagrams queued on the
-   * old socket are dropped with it. Returns the bound port.
-   */
-  rebind(port: number): number {
-    if (this.closed) throw new SyscallError('rebind', EBADF, 'socket closed');
-    if (port !== 0 && port === this.port()) return port;
-    const replacement = openBoundSocket(port, this.bufferBytes, this.gro);
-    try {
-      if (libc.dup3(replacement, this.fd, O_CLOEXEC) < 0) throwErrno('dup3');
-    } finally {
-      libc.close(replacement);
-    }
-    // A thread blocked in poll(2) on this descriptor keeps the old socket, and its port, until it
-    // wakes: callers with such a reader wake it (see waitReadable's wake descriptor).
-    return this.port();
-  }
-
   /** Closes the descriptor if this object opened it; an attached wrapper just stops. */
   close(): void {
     if (this.closed) return;
@@ -808,16 +786,26 @@ export function transportSteeringProgram(workerCount: number): BpfInstruction[] 
  * end of the group, and the kernel falls back to its hash over the sockets there (only the
  * reader's at first), so nothing is lost while the group forms. Group order is bind order
  * (sock_reuseport.c appends each socket). Returns the descriptors, reader's first.
+ *
+ * SO_REUSEPORT would also let the group join sockets another process (same user) bound to the
+ * port with SO_REUSEPORT, e.g. a second daemon given the same listen-port, and the kernel picks a
+ * port for `0` among such ports too. So the port is first taken by a plain socket, which fails
+ * with EADDRINUSE on any port in use as wireguard-go's bind does, and the group binds that port
+ * right after the plain socket is closed; only a process binding the port within that instant can
+ * still join.
  */
 function openSteeredGroup(port: number, workerCount: number, bufferBytes: number, gro: boolean): number[] {
+  const probe = openBoundSocket(port, 0, false);
+  const free = boundPort(probe);
+  closeFd(probe);
   const fds: number[] = [];
   try {
-    const reader = openBoundSocket(port, bufferBytes, gro, true);
+    const reader = openBoundSocket(free, bufferBytes, gro, true);
     fds.push(reader);
     setFilterOption(reader, SO_ATTACH_REUSEPORT_CBPF, transportSteeringProgram(workerCount), 'SO_ATTACH_REUSEPORT_CBPF');
-    const bound = boundPort(reader);
-    // Worker sockets get no GRO: a worker does not split coalesced messages.
-    for (let k = 0; k < workerCount; k++) fds.push(openBoundSocket(bound, bufferBytes, false, true));
+    // Worker sockets get no GRO (only the reader splits coalesced messages): with ZTGATE_UDP_GRO=1
+    // only what reaches the reader is coalesced.
+    for (let k = 0; k < workerCount; k++) fds.push(openBoundSocket(free, bufferBytes, false, true));
     return fds;
   } catch (error) {
     for (const fd of fds) libc.close(fd);
@@ -827,8 +815,8 @@ function openSteeredGroup(port: number, workerCount: number, bufferBytes: number
 
 /**
  * The steered group: `reader` (a UdpSocket the control thread owns) and the worker descriptors.
- * Rebinding moves the whole group at once: a new group is formed on the new port and each
- * descriptor number is replaced with dup3(2), so every thread's fds stay valid.
+ * Rebinding moves the whole group at once and keeps every descriptor number, so the fds every
+ * thread holds stay valid.
  */
 export class SteeredUdpGroup {
   readonly reader: UdpSocket;
@@ -852,15 +840,35 @@ export class SteeredUdpGroup {
     return this.reader.port();
   }
 
-  /** Moves every socket of the group to `port` (0: any free one); returns the bound port. */
+  /**
+   * Moves every socket of the group to `port` (0: any free one) and returns the bound port. The
+   * new group is formed first, so a busy port leaves the old one untouched; then each descriptor
+   * number is pointed at its new socket with dup3(2). Should a dup3 fail midway, the descriptors
+   * already moved are pointed back at the old sockets (kept open by duplicates until the end), so
+   * the group is never split across two ports. Datagrams queued on the old sockets are dropped
+   * with them. Threads blocked in poll(2) on a descriptor keep the old socket until they wake:
+   * the caller wakes them.
+   */
   rebind(port: number): number {
     if (port !== 0 && port === this.port()) return port;
+    const targets = [this.reader.fd, ...this.workerFds];
     const replacements = openSteeredGroup(port, this.workerFds.length, this.bufferBytes, this.groEnabled);
+    const originals: number[] = [];
     try {
-      const targets = [this.reader.fd, ...this.workerFds];
-      for (let k = 0; k < targets.length; k++) if (libc.dup3(replacements[k]!, targets[k]!, O_CLOEXEC) < 0) throwErrno('dup3');
+      for (const fd of targets) {
+        const original = libc.fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        if (original < 0) throwErrno('fcntl', 'F_DUPFD_CLOEXEC');
+        originals.push(original);
+      }
+      let moved = 0;
+      try {
+        for (; moved < targets.length; moved++) if (libc.dup3(replacements[moved]!, targets[moved]!, O_CLOEXEC) < 0) throwErrno('dup3');
+      } catch (error) {
+        for (let k = 0; k < moved; k++) libc.dup3(originals[k]!, targets[k]!, O_CLOEXEC);
+        throw error;
+      }
     } finally {
-      for (const fd of replacements) libc.close(fd);
+      for (const fd of [...replacements, ...originals]) libc.close(fd);
     }
     return this.port();
   }

@@ -10,7 +10,7 @@ import { Datapath, DROPPED, STAGED, type DatagramSource } from './datapath.ts';
 import { commandSignalIndex, type WorkerCommand } from '../control/messages.ts';
 import { attachWorker, returnSlot, type InboundLink } from '../ring/fabric.ts';
 import { SLOT_PLAINTEXT_OFFSET } from '../ring/layout.ts';
-import { waitForWork, waitForWorkOrReadable } from '../ring/doorbell.ts';
+import { waitForWorkOrReadable } from '../ring/doorbell.ts';
 import { Slab, createSlabBuffer } from '../ring/slab.ts';
 import { createEventFd } from '../io/libc.ts';
 import { MESSAGE_TRANSPORT, MESSAGE_TRANSPORT_MIN_SIZE } from '../wireguard/constants.ts';
@@ -36,11 +36,10 @@ const init = threadInit();
 const end = attachWorker(init.fabric, init.workerIndex);
 const workerCount = init.fabric.workerCount;
 /**
- * With a steered socket group (io/udp.ts, SteeredUdpGroup) the worker receives the transport data
- * for its own indexes on its own socket, and sends on it too (same port as the reader's).
+ * The worker's own socket of the steered group (io/udp.ts, SteeredUdpGroup): the transport data
+ * for its receiver indexes arrives here, and it sends here too (same port as the reader's).
  */
-const direct = init.workerUdpFd >= 0;
-const socket = UdpSocket.attach(direct ? init.workerUdpFd : init.udpFd, { batchSize: BATCH });
+const socket = UdpSocket.attach(init.udpFd, { batchSize: BATCH });
 const tunFd = init.tunFds[init.workerIndex % init.tunFds.length]!;
 const inbox = new CommandInbox<WorkerCommand>(init.commandSignals, commandSignalIndex('worker', init.workerIndex, workerCount));
 const threadName = `worker${init.workerIndex}`;
@@ -284,11 +283,11 @@ function decryptInto(slab: Slab, slot: number): void {
  * Private slots for direct receives: each batch is decrypted and written before the next receive,
  * so the same BATCH slots are posted again every time (the coalescer copies what it keeps).
  */
-const directSlab = new Slab(createSlabBuffer(direct ? BATCH : 1));
-const directViews: Uint8Array[] = direct ? Array.from({ length: BATCH }, (_, k) => directSlab.payloadView(k)) : [];
+const directSlab = new Slab(createSlabBuffer(BATCH));
+const directViews: Uint8Array[] = Array.from({ length: BATCH }, (_, k) => directSlab.payloadView(k));
 const directMeta = new DatagramMeta(BATCH);
-const eventFd = direct ? createEventFd() : -1;
-if (direct) end.doorbell.useEventFd(eventFd);
+const eventFd = createEventFd();
+end.doorbell.useEventFd(eventFd);
 
 /** Receives one batch on the worker's socket and decrypts it; returns how many datagrams. */
 function receiveDirect(): number {
@@ -364,16 +363,13 @@ while (running) {
   flushSends();
   let inbound = end.fromUdp.ring.popBatch(popped);
   for (let i = 0; i < inbound; i++) decryptSlot(end.fromUdp, popped[i]!);
-  if (direct) inbound += receiveDirect();
+  inbound += receiveDirect();
   // An open TCP group stays open while datagrams keep coming (the rest of a sender's GSO run may
   // be one receive behind); it is written once a turn finds the ring empty, before any sleep.
   if (inbound === 0) flushCoalesced();
   flushSends();
   reporter.maybeReport(allDrops, now);
-  if (outbound === 0 && inbound === 0) {
-    if (direct) waitForWorkOrReadable(end.doorbell, eventFd, socket.fd, IDLE_WAIT_MS, hasWork);
-    else waitForWork(end.doorbell, IDLE_WAIT_MS, hasWork);
-  }
+  if (outbound === 0 && inbound === 0) waitForWorkOrReadable(end.doorbell, eventFd, socket.fd, IDLE_WAIT_MS, hasWork);
 }
 flushCoalesced();
 flushSends();

@@ -2,11 +2,16 @@
 // message reaches the socket of the worker that owns its receiver index (index mod workers, as
 // shardOfIndex), over IPv4 and IPv6; everything else (handshake types, short or malformed
 // transport headers, STUN, ChannelData) reaches the reader's socket. After a rebind the whole group
-// answers on the new port with the same steering.
+// answers on the new port with the same steering, on the same descriptors; a busy port, or one held
+// by another process's SO_REUSEPORT socket (which the group would otherwise join), is refused and
+// leaves the group where it was.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { waitReadable } from '../../src/io/libc.ts';
-import { DatagramMeta, SteeredUdpGroup, UdpSocket, parseAddress } from '../../src/io/udp.ts';
+import {
+  AF_INET6, EADDRINUSE, SOCKADDR_IN6_SIZE, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, SOL_SOCKET, SO_REUSEPORT, closeFd, libc, setIntOption, waitReadable,
+} from '../../src/io/libc.ts';
+import { SyscallError } from '../../src/errors.ts';
+import { DatagramMeta, SteeredUdpGroup, UdpSocket, boundPort, parseAddress } from '../../src/io/udp.ts';
 import { shardOfIndex } from '../../src/wireguard/indexes.ts';
 import { withNetns } from './io-helpers.ts';
 
@@ -71,18 +76,48 @@ function checkSteering(group: SteeredUdpGroup, sender: UdpSocket): void {
   }
 }
 
+/** A dual-stack UDP socket with SO_REUSEPORT bound to a free port, as another daemon might hold it. */
+function reusePortSocket(): { fd: number; port: number } {
+  const fd = libc.socket(AF_INET6, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  assert.ok(fd >= 0, 'socket');
+  setIntOption(fd, SOL_SOCKET, SO_REUSEPORT, 1, 'SO_REUSEPORT');
+  const address = new Uint8Array(SOCKADDR_IN6_SIZE);
+  new DataView(address.buffer).setUint16(0, AF_INET6, true);
+  assert.equal(libc.bind(fd, address, SOCKADDR_IN6_SIZE), 0, 'bind');
+  return { fd, port: boundPort(fd) };
+}
+
+const addressInUse = (e: unknown): boolean => e instanceof SyscallError && e.errno === EADDRINUSE;
+
 test('a steered group sends transport data to its worker and the rest to the reader, before and after a rebind', async () => {
   await withNetns(() => {
     const group = SteeredUdpGroup.open(0, WORKERS, { gro: false });
     const sender = UdpSocket.open(0);
+    const blocker = UdpSocket.open(0, { gro: false });
+    const foreign = reusePortSocket();
     try {
       checkSteering(group, sender);
+      const fds = [group.reader.fd, ...group.workerFds];
       const before = group.port();
       const after = group.rebind(0);
       assert.notEqual(after, before);
+      assert.deepEqual([group.reader.fd, ...group.workerFds], fds, 'the same descriptors');
+      assert.equal(group.rebind(after), after);
+      checkSteering(group, sender);
+      send(sender, '127.0.0.1', before, transport(0));
+      assert.equal(fds.some((fd) => waitReadable(fd, 100)), false, 'nothing sent to the old port arrives');
+
+      assert.throws(() => group.rebind(blocker.port()), addressInUse, 'a port held by a plain socket');
+      assert.equal(group.port(), after);
+      assert.throws(() => SteeredUdpGroup.open(after, 1), addressInUse, 'a second group on the same port');
+
+      assert.throws(() => group.rebind(foreign.port), addressInUse, 'a port held by another SO_REUSEPORT socket');
+      assert.equal(group.port(), after);
       checkSteering(group, sender);
     } finally {
+      closeFd(foreign.fd);
       sender.close();
+      blocker.close();
       group.close();
     }
   });

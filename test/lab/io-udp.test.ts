@@ -1,11 +1,10 @@
 // The shared UDP socket: batched receive/send with pktinfo on both families, explicit source
 // addresses and their failure, use from a worker thread, SharedArrayBuffer slots, poll waits,
-// truncation and run-time rebinding. Everything runs on loopback inside a fresh namespace.
+// and truncation (rebinding: io-udp-steering.test.ts). Everything runs on loopback inside a fresh namespace.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Worker } from 'node:worker_threads';
-import { EADDRINUSE, MSG_TRUNC, SOL_SOCKET, SO_RCVBUF, SO_SNDBUF, getIntOption, waitReadable } from '../../src/io/libc.ts';
-import { SyscallError } from '../../src/errors.ts';
+import { MSG_TRUNC, SOL_SOCKET, SO_RCVBUF, SO_SNDBUF, getIntOption, waitReadable } from '../../src/io/libc.ts';
 import { DatagramMeta, UdpSocket, formatAddress, parseAddress, sourceMayBeStale, type IpFamily } from '../../src/io/udp.ts';
 import { ip, withNetns } from './io-helpers.ts';
 
@@ -289,41 +288,6 @@ test('waitReadable times out when idle; a datagram longer than its slot is flagg
     } finally {
       a.close();
       b.close();
-    }
-  });
-});
-
-test('rebind moves the socket to a new port on the same descriptor; a busy port leaves it as it was', async () => {
-  await withNetns(async () => {
-    const a = UdpSocket.open(0);
-    const b = UdpSocket.open(0);
-    const blocker = UdpSocket.open(0);
-    try {
-      const fd = b.fd;
-      const oldPort = b.port();
-      const newPort = b.rebind(0);
-      assert.notEqual(newPort, oldPort);
-      assert.equal(b.fd, fd);
-      assert.equal(b.port(), newPort);
-      assert.equal(b.rebind(newPort), newPort);
-
-      assert.throws(() => b.rebind(blocker.port()), (e: unknown) => e instanceof SyscallError && e.errno === EADDRINUSE);
-      assert.equal(b.port(), newPort);
-
-      const meta = new DatagramMeta(2);
-      const payload = new Uint8Array(8).fill(1);
-      meta.setLength(0, 8);
-      meta.setRemote(0, 4, address('127.0.0.1').bytes, oldPort);
-      meta.setLength(1, 8);
-      meta.setRemote(1, 4, address('127.0.0.1').bytes, newPort);
-      assert.equal(a.sendBatch([payload, payload], meta, 2), 2);
-      const got = new DatagramMeta(4);
-      assert.equal(receive(b, slots(4).views, got, 1), 1);
-      assert.equal(waitReadable(b.fd, 100), false, 'nothing sent to the old port reaches the socket');
-    } finally {
-      a.close();
-      b.close();
-      blocker.close();
     }
   });
 });
