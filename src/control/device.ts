@@ -28,7 +28,7 @@ import { CHANNEL_DATA_HEADER_BYTES, writeChannelDataHeader } from '../ice/turn.t
 import { endpointFromTransport, IceConnections, transportFromEndpoint, type ConnectionEvent, type RelayServer } from './connections.ts';
 import { MESSAGE_COOKIE_REPLY, MESSAGE_COOKIE_REPLY_SIZE, MESSAGE_INITIATION, MESSAGE_INITIATION_SIZE, MESSAGE_RESPONSE, MESSAGE_RESPONSE_SIZE } from '../wireguard/constants.ts';
 import { HandshakePool } from './handshake-pool.ts';
-import { commandSignalIndex, DROP_REPORT_INTERVAL_MS, type ControlNotice, type ReaderCommand, RouteChangeBatch, type UdpReaderCommand, type ThreadInit, type WorkerCommand } from './messages.ts';
+import { commandSignalIndex, DROP_REPORT_INTERVAL_MS, type ControlNotice, RouteChangeBatch, type UdpReaderCommand, type ThreadInit, type WorkerCommand } from './messages.ts';
 
 const SO_MARK = 36;
 /** How often worker counters are turned into timer events, and timers are checked. */
@@ -126,7 +126,7 @@ export class Device {
   /** One reusable record for handing a peer's counters to the engine on every tick. */
   private readonly observed = { txData: 0, txAny: 0, rxData: 0, rxAny: 0 };
   private readonly workers: Worker[] = [];
-  private readonly readers: Worker[] = [];
+  private udpReader: Worker | null = null;
   private readonly commandSignals: Int32Array;
   private readonly workerDoorbells: readonly Doorbell[];
   private readonly stats: Float64Array;
@@ -135,8 +135,8 @@ export class Device {
   private readonly sendViews: Uint8Array[] = [];
   private readonly sendHasSource: boolean[] = [];
   private readonly linkWatcher: LinkWatcher;
-  /** eventfds the TUN and UDP readers poll beside their descriptors, to hear commands at once. */
-  private readonly readerWakeFds: readonly [number, number];
+  /** An eventfd the UDP reader polls beside its socket, to hear commands at once. */
+  private readonly udpReaderWakeFd: number;
   private uapi: UapiServer | null = null;
   private privateKey: Uint8Array | null = null;
   private fwmark = 0;
@@ -181,7 +181,7 @@ export class Device {
     this.handshakeThreads = options.handshakeThreads ?? handshakeThreadsFromEnv();
     // wireguard-go creates the interface with its default MTU and leaves it down: wg-quick or the
     // administrator brings it up.
-    this.tun = Tun.open(options.interfaceName, { queues: 1, mtu: DEFAULT_MTU, up: false, offload: tunOffloadWantedByDefault() });
+    this.tun = Tun.open(options.interfaceName, { queues: options.workers, mtu: DEFAULT_MTU, up: false, offload: tunOffloadWantedByDefault() });
     // Transport data goes straight to its worker's socket, not through the UDP reader thread (two
     // fewer thread hand-offs per round trip; perf/README.md, "Where one ping's time goes").
     this.udpGroup = SteeredUdpGroup.open(0, options.workers);
@@ -191,9 +191,9 @@ export class Device {
     this.control = attachControl(this.fabric);
     this.workerDoorbells = this.fabric.workerDoorbells.map((buffer) => new Doorbell(buffer));
     this.stats = new Float64Array(this.fabric.peerTable);
-    this.commandSignals = new Int32Array(new SharedArrayBuffer(4 * (options.workers + 2)));
+    this.commandSignals = new Int32Array(new SharedArrayBuffer(4 * (options.workers + 1)));
     this.linkWatcher = LinkWatcher.open(this.tun.ifindex, this.tun.fds[0]!, DEFAULT_MTU);
-    this.readerWakeFds = [createEventFd(), createEventFd()];
+    this.udpReaderWakeFd = createEventFd();
     this.engine = new WireGuardEngine({
       shardCount: options.workers,
       random: () => randomInt(2 ** 32) / 2 ** 32,
@@ -292,7 +292,7 @@ export class Device {
       this.boundPort = this.udpGroup.rebind(port);
       // The UDP reader's poll(2) still holds the old socket: wake it so the old port is released.
       // Workers polling their own sockets are woken through their doorbells.
-      signalEventFd(this.readerWakeFds[1]);
+      signalEventFd(this.udpReaderWakeFd);
       for (const doorbell of this.workerDoorbells) doorbell.ring();
     } catch (error) {
       throw new UapiError(UAPI_ERRNO.portInUse, `uapi: cannot listen on port ${port}: ${(error as Error).message}`, { cause: error });
@@ -408,7 +408,7 @@ export class Device {
       .filter((info) => info !== undefined && !info.internal && !(info.family === 'IPv6' && info.address.startsWith('fe80')))
       .map((info) => transportAddress(info!.address, port));
     this.ice = new IceConnections({ hostAddresses, stunServers: options.stunServers, relays: options.relays });
-    this.postReader('udpReader', { kind: 'relays', servers: options.relays.map((relay) => endpointFromTransport(relay.server)) });
+    this.postUdpReader({ kind: 'relays', servers: options.relays.map((relay) => endpointFromTransport(relay.server)) });
     this.ice.start(monotonicNow());
     this.pumpIce();
   }
@@ -542,10 +542,7 @@ export class Device {
       return worker;
     };
     for (let k = 0; k < this.options.workers; k++) this.workers.push(spawn(WORKER_FILE, k));
-    this.readers.push(
-      spawn('../workers/tun-reader.ts', 0, this.readerWakeFds[0]),
-      spawn('../workers/udp-reader.ts', 0, this.readerWakeFds[1]),
-    );
+    this.udpReader = spawn('../workers/udp-reader.ts', 0, this.udpReaderWakeFd);
     await Promise.all(ready);
   }
 
@@ -568,18 +565,16 @@ export class Device {
     } else this.workerDoorbells[index]?.ring();
   }
 
-  private postReader(role: 'tunReader' | 'udpReader', command: ReaderCommand | UdpReaderCommand): void {
-    const index = role === 'tunReader' ? 0 : 1;
-    this.readers[index]?.postMessage(command);
-    Atomics.add(this.commandSignals, commandSignalIndex(role, 0, this.options.workers), 1);
-    signalEventFd(this.readerWakeFds[index]);
+  private postUdpReader(command: UdpReaderCommand): void {
+    this.udpReader?.postMessage(command);
+    Atomics.add(this.commandSignals, commandSignalIndex('udpReader', 0, this.options.workers), 1);
+    signalEventFd(this.udpReaderWakeFd);
   }
 
   private broadcastRoutes(batch: RouteChangeBatch): void {
     if (batch.count === 0) return;
     // One packed buffer, cloned once per thread (see RouteChanges).
     const changes = batch.finish();
-    this.postReader('tunReader', { kind: 'routes', changes });
     for (let k = 0; k < this.options.workers; k++) this.postWorker(k, { kind: 'routes', changes });
   }
 
@@ -903,18 +898,15 @@ export class Device {
     await this.uapi?.close();
     await this.handshakePool?.close();
     this.handshakeProgress?.();
-    const threads = [...this.workers, ...this.readers];
+    const threads = this.udpReader === null ? [...this.workers] : [...this.workers, this.udpReader];
     const exited = threads.map((t) => new Promise<void>((resolve) => t.once('exit', () => resolve())));
     for (let k = 0; k < this.workers.length; k++) this.postWorker(k, { kind: 'stop' });
-    if (this.readers.length > 0) {
-      this.postReader('tunReader', { kind: 'stop' });
-      this.postReader('udpReader', { kind: 'stop' });
-    }
+    this.postUdpReader({ kind: 'stop' });
     const timeout = new Promise<void>((resolve) => setTimeout(resolve, THREAD_STOP_TIMEOUT_MS).unref());
     await Promise.race([Promise.all(exited), timeout]);
     for (const thread of threads) void thread.terminate();
     this.linkWatcher.close();
-    for (const fd of this.readerWakeFds) closeFd(fd);
+    closeFd(this.udpReaderWakeFd);
     this.udpGroup.close();
     this.tun.close();
     this.resolveStopped();

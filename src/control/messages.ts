@@ -103,11 +103,6 @@ export type WorkerCommand =
   | { readonly kind: 'mtu'; readonly mtu: number }
   | { readonly kind: 'stop' };
 
-/** Control thread → the TUN reader. */
-export type ReaderCommand =
-  | { readonly kind: 'routes'; readonly changes: RouteChanges }
-  | { readonly kind: 'stop' };
-
 /** Control thread → the UDP reader. */
 export type UdpReaderCommand =
   /** ICE mode: the TURN servers whose ChannelData carrying WireGuard data the reader unwraps. */
@@ -136,7 +131,7 @@ export interface ThreadInit {
   /** Int32 per consumer thread (workers, then readers): bumped by the control thread after each postMessage. */
   readonly commandSignals: SharedArrayBuffer;
   readonly workerIndex: number;
-  /** Readers: an eventfd they poll beside their socket, signalled with each command (-1 for workers). */
+  /** The UDP reader: an eventfd it polls beside its socket, signalled with each command (-1 for workers). */
   readonly wakeFd: number;
   readonly logLevel: string;
   readonly mtu: number;
@@ -144,8 +139,7 @@ export interface ThreadInit {
   readonly roaming: boolean;
 }
 
-/** Index of a thread's word in `commandSignals`: workers first, then the TUN reader, then the UDP reader. */
-export function commandSignalIndex(role: 'worker' | 'tunReader' | 'udpReader', workerIndex: number, workerCount: number): number {
-  if (role === 'worker') return workerIndex;
-  return role === 'tunReader' ? workerCount : workerCount + 1;
+/** Index of a thread's word in `commandSignals`: workers first, then the UDP reader. */
+export function commandSignalIndex(role: 'worker' | 'udpReader', workerIndex: number, workerCount: number): number {
+  return role === 'worker' ? workerIndex : workerCount;
 }

@@ -226,25 +226,28 @@ export function closeFd(fd: number): void {
 }
 
 // Two pollfds per thread for waitReadable: module state is per isolate, so threads never share it.
-const pollFds = new Int32Array(4); // 2 × { int fd; short events; short revents; }
+const pollFds = new Int32Array(6); // 3 × { int fd; short events; short revents; }
 const pollShorts = new Int16Array(pollFds.buffer);
 const eventCounter = new BigUint64Array(1);
 
 /**
- * Waits until `fd` is readable (or has an error or hang-up to report, which the next read
- * returns), `wakeFd` (an eventfd, -1 for none) is signalled, or `timeoutMs` passes (-1: forever).
- * Returns true only when `fd` is ready; a signal on `wakeFd` is consumed here. A reader thread
- * uses the wake descriptor to learn of commands at once instead of at its next timeout.
- * Throws SyscallError for a closed fd.
+ * Waits until `fd` or `alsoFd` (-1 for none) is readable (or has an error or hang-up to report,
+ * which the next read returns), `wakeFd` (an eventfd, -1 for none) is signalled, or `timeoutMs`
+ * passes (-1: forever). Returns true only when `fd` or `alsoFd` is ready; a signal on `wakeFd` is
+ * consumed here. A thread uses the wake descriptor to learn of commands or ring entries at once
+ * instead of at its next timeout. Throws SyscallError for a closed fd.
  */
-export function waitReadable(fd: number, timeoutMs: number, wakeFd = -1): boolean {
+export function waitReadable(fd: number, timeoutMs: number, wakeFd = -1, alsoFd = -1): boolean {
+  // pollfd k: fd at int32 2k, events and revents at int16 4k + 2 and 4k + 3. A negative fd is
+  // ignored by poll(2), so the array always holds all three.
   pollFds[0] = fd;
-  pollShorts[2] = POLLIN;
-  pollShorts[3] = 0;
   pollFds[2] = wakeFd;
-  pollShorts[6] = POLLIN;
-  pollShorts[7] = 0;
-  const ready = libc.poll(pollFds, wakeFd >= 0 ? 2 : 1, timeoutMs);
+  pollFds[4] = alsoFd;
+  for (let k = 0; k < 3; k++) {
+    pollShorts[4 * k + 2] = POLLIN;
+    pollShorts[4 * k + 3] = 0;
+  }
+  const ready = libc.poll(pollFds, 3, timeoutMs);
   if (ready < 0) {
     if (koffi.errno() === EINTR) return false;
     throwErrno('poll');
@@ -252,8 +255,10 @@ export function waitReadable(fd: number, timeoutMs: number, wakeFd = -1): boolea
   if (ready === 0) return false;
   if (wakeFd >= 0 && (pollShorts[7] ?? 0) !== 0) libc.read(wakeFd, eventCounter, 8);
   const revents = pollShorts[3] ?? 0;
+  const alsoRevents = pollShorts[11] ?? 0;
   if ((revents & POLLNVAL) !== 0) throw new SyscallError('poll', EBADF, `fd ${fd} is not open`);
-  return revents !== 0;
+  if ((alsoRevents & POLLNVAL) !== 0) throw new SyscallError('poll', EBADF, `fd ${alsoFd} is not open`);
+  return revents !== 0 || alsoRevents !== 0;
 }
 
 /** A non-blocking eventfd(2): what a thread can poll(2) on to be woken by another thread. */

@@ -123,17 +123,19 @@ export function waitForWork(
 }
 
 /**
- * waitForWork for a consumer that also reads a socket of its own (`fd`): after the spin it sleeps
- * in poll(2) on `fd` and the doorbell's eventfd (set with `useEventFd`), so either a datagram or a
- * producer's ring wakes it. The same Dekker handshake as above, with the eventfd in place of the
- * futex; an eventfd write that lands after the consumer woke only makes its next poll return early.
- * Returns 'work' when `fd` is readable, 'rung' when the rings hold work, else 'timed-out' (also
- * after a ring that brought no work, e.g. a wake-up to poll a rebound socket).
+ * waitForWork for a consumer that also reads descriptors of its own (`fd` and `alsoFd`, -1 for
+ * none): after the spin it sleeps in poll(2) on them and the doorbell's eventfd (set with
+ * `useEventFd`), so a datagram, a packet or a producer's ring wakes it. The same Dekker handshake
+ * as above, with the eventfd in place of the futex; an eventfd write that lands after the consumer
+ * woke only makes its next poll return early. Returns 'work' when a descriptor is readable,
+ * 'rung' when the rings hold work, else 'timed-out' (also after a ring that brought no work, e.g.
+ * a wake-up to poll a rebound socket).
  */
 export function waitForWorkOrReadable(
   doorbell: Doorbell,
   eventFd: number,
   fd: number,
+  alsoFd: number,
   timeoutMs: number,
   hasWork: () => boolean,
   spinMicros: number = DEFAULT_SPIN_MICROS,
@@ -149,7 +151,7 @@ export function waitForWorkOrReadable(
     doorbell.wake();
     return 'work';
   }
-  const readable = waitReadable(fd, timeoutMs, eventFd);
+  const readable = waitReadable(fd, timeoutMs, eventFd, alsoFd);
   doorbell.wake();
   // poll(2) does not tell a timeout from an eventfd write that raced it: the rings decide.
   if (readable) return 'work';

@@ -2,10 +2,13 @@
 // once by the main thread and posted to every thread; each thread attaches the part it plays.
 //
 // Producers and consumers (ARCHITECTURE.md, "Threads and the packet path"):
-//   tun reader → worker k   outbound plaintext: IP packet at SLOT_PLAINTEXT_OFFSET, length = IP length
-//   udp reader → worker k   inbound transport:  datagram at payload offset 0, length = datagram length
-//   udp reader → control    handshake and cookie messages (later STUN): datagram at 0, as above
-//   worker k's own slab     packets the worker originates (keepalives); they never leave worker k
+//   worker k's slab         what worker k reads from its own TUN queue, and packets it originates
+//                           (keepalives, staged packets): IP packet at SLOT_PLAINTEXT_OFFSET,
+//                           length = IP length; its own peers' packets never leave worker k
+//   worker j → worker k     outbound plaintext j read for one of k's peers (slots of j's slab)
+//   udp reader → worker k   inbound transport the reader got (ChannelData it unwrapped, anything
+//                           the kernel gave the reader's socket): datagram at payload offset 0
+//   udp reader → control    handshake and cookie messages, STUN: datagram at 0, as above
 // Control messages to workers go by postMessage; only packet bytes use rings. Every pair has a return
 // ring sized for the producer's whole slab, so giving a slot back never fails.
 
@@ -16,18 +19,18 @@ import { Slab, SlotOwnershipError, SlotPool, createSlabBuffer } from './slab.ts'
 
 export interface FabricOptions {
   readonly workerCount: number;
-  /** Slots in each reader's slab (tun, udp). */
+  /** Slots in the UDP reader's slab. */
   readonly readerSlots?: number;
-  /** Slots in each worker's own slab. */
+  /** Slots in each worker's own slab (its TUN reads and the packets it originates). */
   readonly workerSlots?: number;
-  /** Entries in each reader → consumer ring (a power of two): how far one consumer may fall behind. */
+  /** Entries in each producer → consumer ring (a power of two): how far one consumer may fall behind. */
   readonly ringCapacity?: number;
   /** Peer ids are 0 .. peerCapacity - 1. */
   readonly peerCapacity?: number;
 }
 
 export const DEFAULT_READER_SLOTS = 512;
-export const DEFAULT_WORKER_SLOTS = 64;
+export const DEFAULT_WORKER_SLOTS = 512;
 export const DEFAULT_RING_CAPACITY = 256;
 export const DEFAULT_PEER_CAPACITY = 65_536;
 export const MAX_WORKERS = 64;
@@ -41,10 +44,10 @@ export interface LinkBuffers {
 /** Plain data (numbers and SharedArrayBuffers): survives postMessage, which shares the buffers. */
 export interface FabricDescription {
   readonly workerCount: number;
-  readonly tunSlab: SharedArrayBuffer;
   readonly udpSlab: SharedArrayBuffer;
   readonly workerSlabs: readonly SharedArrayBuffer[];
-  readonly tunToWorker: readonly LinkBuffers[];
+  /** Worker j → worker k at j * workerCount + k; null where j = k. */
+  readonly workerToWorker: readonly (LinkBuffers | null)[];
   readonly udpToWorker: readonly LinkBuffers[];
   readonly udpToControl: LinkBuffers;
   readonly workerDoorbells: readonly SharedArrayBuffer[];
@@ -60,22 +63,20 @@ export function createFabric(options: FabricOptions): FabricDescription {
   const readerSlots = options.readerSlots ?? DEFAULT_READER_SLOTS;
   const workerSlots = options.workerSlots ?? DEFAULT_WORKER_SLOTS;
   const ringCapacity = options.ringCapacity ?? DEFAULT_RING_CAPACITY;
-  const tunSlab = createSlabBuffer(readerSlots);
   const udpSlab = createSlabBuffer(readerSlots);
-  const returnCapacity = ringCapacityFor(readerSlots);
-  const link = (): LinkBuffers => ({
+  const link = (producerSlots: number): LinkBuffers => ({
     ring: createRingBuffer(ringCapacity),
-    returnRing: createRingBuffer(returnCapacity),
+    returnRing: createRingBuffer(ringCapacityFor(producerSlots)),
   });
   const each = <T>(make: () => T): T[] => Array.from({ length: workerCount }, make);
   return {
     workerCount,
-    tunSlab,
     udpSlab,
     workerSlabs: each(() => createSlabBuffer(workerSlots)),
-    tunToWorker: each(link),
-    udpToWorker: each(link),
-    udpToControl: link(),
+    workerToWorker: Array.from({ length: workerCount * workerCount }, (_, at) =>
+      Math.floor(at / workerCount) === at % workerCount ? null : link(workerSlots)),
+    udpToWorker: each(() => link(readerSlots)),
+    udpToControl: link(readerSlots),
     workerDoorbells: each(() => Doorbell.create().buffer),
     controlDoorbell: Doorbell.create().buffer,
     peerTable: PeerTable.create(options.peerCapacity ?? DEFAULT_PEER_CAPACITY).buffer,
@@ -101,12 +102,6 @@ export function returnSlot(link: InboundLink, slot: number): void {
   if (!link.returnRing.push(slot)) throw new SlotOwnershipError(slot, 'returned to a full return ring');
 }
 
-export interface TunReaderEnd {
-  readonly pool: SlotPool;
-  /** Indexed by worker. */
-  readonly toWorker: readonly OutboundLink[];
-}
-
 export interface UdpReaderEnd {
   readonly pool: SlotPool;
   readonly toWorker: readonly OutboundLink[];
@@ -115,13 +110,16 @@ export interface UdpReaderEnd {
 
 export interface WorkerEnd {
   readonly index: number;
-  readonly fromTun: InboundLink;
+  /** The worker's own slab: its TUN reads and the packets it originates; other workers return into it. */
+  readonly pool: SlotPool;
+  /** Indexed by worker: where packets for that worker's peers go (null for this worker). */
+  readonly toWorker: readonly (OutboundLink | null)[];
+  /** Indexed by worker: packets that worker read for this worker's peers (null for this worker). */
+  readonly fromWorkers: readonly (InboundLink | null)[];
   readonly fromUdp: InboundLink;
   readonly doorbell: Doorbell;
-  /** Slots for packets this worker originates; nobody else returns into it. */
-  readonly ownPool: SlotPool;
   readonly peerTable: PeerTable;
-  /** True when either inbound ring holds an entry (for `waitForWork`). */
+  /** True when an inbound ring holds an entry (for `waitForWork`). */
   readonly hasWork: () => boolean;
 }
 
@@ -134,16 +132,6 @@ export interface ControlEnd {
 
 function inbound(slab: Slab, buffers: LinkBuffers): InboundLink {
   return { slab, ring: new Ring(buffers.ring), returnRing: new Ring(buffers.returnRing) };
-}
-
-export function attachTunReader(fabric: FabricDescription): TunReaderEnd {
-  return {
-    pool: new SlotPool(new Slab(fabric.tunSlab), fabric.tunToWorker.map((b) => new Ring(b.returnRing))),
-    toWorker: fabric.tunToWorker.map((b, k) => ({
-      ring: new Ring(b.ring),
-      doorbell: new Doorbell(fabric.workerDoorbells[k]!),
-    })),
-  };
 }
 
 export function attachUdpReader(fabric: FabricDescription): UdpReaderEnd {
@@ -159,19 +147,32 @@ export function attachUdpReader(fabric: FabricDescription): UdpReaderEnd {
 }
 
 export function attachWorker(fabric: FabricDescription, index: number): WorkerEnd {
-  if (!Number.isInteger(index) || index < 0 || index >= fabric.workerCount) {
-    throw new RangeError(`fabric: worker index ${index} is outside 0..${fabric.workerCount - 1}`);
+  const n = fabric.workerCount;
+  if (!Number.isInteger(index) || index < 0 || index >= n) {
+    throw new RangeError(`fabric: worker index ${index} is outside 0..${n - 1}`);
   }
-  const fromTun = inbound(new Slab(fabric.tunSlab), fabric.tunToWorker[index]!);
+  const workers = Array.from({ length: n }, (_, k) => k);
+  const outgoing = workers.map((k) => fabric.workerToWorker[index * n + k] ?? null);
+  const incoming = workers.map((j) => fabric.workerToWorker[j * n + index] ?? null);
+  const fromWorkers = incoming.map((buffers, j) => (buffers === null ? null : inbound(new Slab(fabric.workerSlabs[j]!), buffers)));
+  const rings = fromWorkers.filter((link): link is InboundLink => link !== null).map((link) => link.ring);
   const fromUdp = inbound(new Slab(fabric.udpSlab), fabric.udpToWorker[index]!);
   return {
     index,
-    fromTun,
+    pool: new SlotPool(
+      new Slab(fabric.workerSlabs[index]!),
+      outgoing.filter((b): b is LinkBuffers => b !== null).map((b) => new Ring(b.returnRing)),
+    ),
+    toWorker: outgoing.map((buffers, k) => (buffers === null ? null : { ring: new Ring(buffers.ring), doorbell: new Doorbell(fabric.workerDoorbells[k]!) })),
+    fromWorkers,
     fromUdp,
     doorbell: new Doorbell(fabric.workerDoorbells[index]!),
-    ownPool: new SlotPool(new Slab(fabric.workerSlabs[index]!), []),
     peerTable: new PeerTable(fabric.peerTable),
-    hasWork: () => !fromTun.ring.isEmpty() || !fromUdp.ring.isEmpty(),
+    hasWork: () => {
+      if (!fromUdp.ring.isEmpty()) return true;
+      for (let k = 0; k < rings.length; k++) if (!rings[k]!.isEmpty()) return true;
+      return false;
+    },
   };
 }
 

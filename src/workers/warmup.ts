@@ -9,8 +9,9 @@
 // The scratch objects must have the shapes (V8 maps) and field representations the real ones will
 // have, or the optimized code deoptimizes on the first real packets ("wrong map", "not a Smi",
 // "insufficient type feedback"), just when a ping is waiting on it: keypair material arrives by
-// postMessage and its indexes are random u32s (half of them doubles to V8), a worker's own pool has
-// no return rings, and producers do find their consumer asleep.
+// postMessage and its indexes are random u32s (half of them doubles to V8), a worker's pool has
+// return rings from the other workers or none (one worker), and producers do find their consumer
+// asleep.
 import type { AeadBackend } from '../wireguard/aead.ts';
 import { AllowedIps } from '../wireguard/allowedips.ts';
 import { shardOfIndex } from '../wireguard/indexes.ts';
@@ -143,8 +144,8 @@ export function warmWaitPaths(rounds: number = WARMUP_ROUNDS): number {
   return planned;
 }
 
-/** The TUN reader's paths: slot traffic (warmRingPaths), the AllowedIPs lookup by destination and the slot header writes. Returns how many found the scratch peer. */
-export function warmTunReaderPaths(rounds: number = WARMUP_ROUNDS): number {
+/** A worker's TUN intake paths: slot traffic (warmRingPaths), the AllowedIPs lookup by destination and the slot header writes. Returns how many found the scratch peer. */
+export function warmTunIntakePaths(rounds: number = WARMUP_ROUNDS): number {
   warmRingPaths(rounds);
   const routes = new AllowedIps();
   routes.insert(V4_DESTINATION, 32, SCRATCH_PEER);
@@ -205,8 +206,8 @@ export function warmUdpReaderPaths(shardCount: number, rounds: number = WARMUP_R
  * reclaim it. Returns how many slots made the whole trip.
  */
 export function warmRingPaths(rounds: number = WARMUP_ROUNDS): number {
-  // Return rings in an array built as fabric.ts builds a reader's (by map), and none at all, as a
-  // worker's own pool has: the two array shapes the real pools have.
+  // Return rings in an array built as fabric.ts builds a pool's (by map), and none at all, as a
+  // lone worker's pool has: the two array shapes the real pools have.
   const returnRings = [Ring.create(4)].map((ring) => ring);
   const returnRing = returnRings[0]!;
   const pool = new SlotPool(Slab.create(2), returnRings);

@@ -1,7 +1,10 @@
 // A packet worker thread: owns the peers of its shard (peer id % worker count) and moves their
-// packets — TUN slot → encrypt in place → sendmmsg, and UDP slot → decrypt in place → TUN write —
-// sleeping on its doorbell when its rings are empty. Handshakes and timers live on the control
-// thread, which sends keys and commands here; counters go back through the shared peer table.
+// packets — its TUN queue → encrypt in place → sendmmsg, and its UDP socket → decrypt in place →
+// TUN write — sleeping in poll(2) on both and its doorbell when nothing is left. A packet it reads
+// for another worker's peer goes to that worker through a ring (the kernel spreads flows over the
+// TUN queues, and a flow's replies follow the queue its packets were written on, so in the steady
+// state a flow stays on its peer's worker). Handshakes and timers live on the control thread,
+// which sends keys and commands here; counters go back through the shared peer table.
 // With TUN offloads on, consecutive in-order TCP segments or equal-sized UDP datagrams of one flow
 // are written to the TUN device as one super-packet (offload.ts), the rest one by one behind an
 // empty virtio header.
@@ -10,7 +13,7 @@ import { Datapath, DROPPED, STAGED, type DatagramSource } from './datapath.ts';
 import { commandSignalIndex, type WorkerCommand } from '../control/messages.ts';
 import { attachWorker, returnSlot, type InboundLink } from '../ring/fabric.ts';
 import { SLOT_PLAINTEXT_OFFSET } from '../ring/layout.ts';
-import { waitForWorkOrReadable } from '../ring/doorbell.ts';
+import { waitForWork, waitForWorkOrReadable } from '../ring/doorbell.ts';
 import { Slab, createSlabBuffer } from '../ring/slab.ts';
 import { createEventFd } from '../io/libc.ts';
 import { MESSAGE_TRANSPORT, MESSAGE_TRANSPORT_MIN_SIZE } from '../wireguard/constants.ts';
@@ -20,17 +23,20 @@ import { DatagramMeta, META_BYTES, META_LOCAL_ADDRESS_BYTE, META_REMOTE_ADDRESS_
 import { CHANNEL_DATA_HEADER_BYTES, writeChannelDataHeader } from '../ice/turn.ts';
 import { TUN_VNET_HDR_SIZE, tunWrite } from '../io/tun.ts';
 import { Coalescer } from './offload.ts';
+import { MAX_SEGMENTS_PER_READ, TunIntake } from './tun-intake.ts';
+import { SyscallError } from '../errors.ts';
 import { monotonicNow } from '../clock.ts';
 import { CommandInbox, DropReporter, notifyControl, threadInit } from './thread-support.ts';
-import { warmWorkerPaths } from './warmup.ts';
+import { warmTunIntakePaths, warmWorkerPaths } from './warmup.ts';
 
 const BATCH = 64;
 const IDLE_WAIT_MS = 1_000;
 /** A worker asks for a handshake for the same peer at most this often (the engine rate-limits too). */
 const HANDSHAKE_REQUEST_INTERVAL_MS = 250;
-/** Which slab a slot being encrypted belongs to (a slot is returned to where it came from). */
-const FROM_TUN = 0;
-const OWN = 1;
+/** Where a slot being encrypted comes from: OWN (this worker's slab), else the worker that read it. */
+const OWN = -1;
+/** How long to let the other workers drain their rings when they are too full to take another read. */
+const BACKPRESSURE_WAIT_MS = 0.05;
 
 const init = threadInit();
 const end = attachWorker(init.fabric, init.workerIndex);
@@ -40,11 +46,12 @@ const workerCount = init.fabric.workerCount;
  * for its receiver indexes arrives here, and it sends here too (same port as the reader's).
  */
 const socket = UdpSocket.attach(init.udpFd, { batchSize: BATCH });
-const tunFd = init.tunFds[init.workerIndex % init.tunFds.length]!;
+/** The worker's own TUN queue: it reads there and writes there (so replies come back on it). */
+const tunFd = init.tunFds[init.workerIndex]!;
 const inbox = new CommandInbox<WorkerCommand>(init.commandSignals, commandSignalIndex('worker', init.workerIndex, workerCount));
 const threadName = `worker${init.workerIndex}`;
 const reporter = new DropReporter(threadName);
-const ioDrops = { sendFailed: 0, sendBufferFull: 0, tunWriteFailed: 0, noFreeSlot: 0, notTransport: 0, truncated: 0 };
+const ioDrops = { sendFailed: 0, sendBufferFull: 0, tunWriteFailed: 0, noFreeSlot: 0, ringFull: 0, notTransport: 0, truncated: 0 };
 const vnetHeader = init.tunVnetHeader;
 const coalescer = new Coalescer(init.tunUdpSegmentation);
 let coalescedPackets = 0;
@@ -77,7 +84,7 @@ datapath.roaming = init.roaming;
 
 const effects: CommandEffects = {
   sendKeepalive(peer) {
-    const slot = end.ownPool.allocate();
+    const slot = end.pool.allocate();
     if (slot < 0) {
       ioDrops.noFreeSlot++;
       return;
@@ -96,26 +103,26 @@ const effects: CommandEffects = {
 
 const sendMeta = new DatagramMeta(BATCH);
 const sendViews: Uint8Array[] = [];
-const sendSources = new Uint8Array(BATCH);
+const sendSources = new Int8Array(BATCH);
 const sendSlots = new Int32Array(BATCH);
 const sendPeers = new Int32Array(BATCH);
 let sendCount = 0;
 
 /**
  * Packets waiting for a session, copied out of their slots so that a peer stuck in handshakes
- * cannot pin the TUN reader's slab (the datapath bounds how many each peer may keep).
+ * cannot pin a worker's slab (the datapath bounds how many each peer may keep).
  */
 const stagedPackets = new Map<number, Uint8Array>();
 let nextStagedHandle = 1;
 
 function releaseSlot(source: number, slot: number): void {
-  if (source === FROM_TUN) returnSlot(end.fromTun, slot);
-  else end.ownPool.release(slot);
+  if (source === OWN) end.pool.release(slot);
+  else returnSlot(end.fromWorkers[source]!, slot);
 }
 
 /** Encrypts the IP packet in `slot` for `peer` and queues the datagram, or stages/drops it. */
 function encryptSlot(peer: number, source: number, slot: number, ipLength: number): void {
-  const payload = (source === FROM_TUN ? end.fromTun.slab : end.ownPool.slab).payloadView(slot);
+  const payload = (source === OWN ? end.pool.slab : end.fromWorkers[source]!.slab).payloadView(slot);
   const handle = nextStagedHandle;
   const length = datapath.encrypt(peer, handle, payload, ipLength, now);
   if (length === STAGED) {
@@ -193,14 +200,74 @@ function flushStaged(peer: number, keepaliveIfNone: boolean): void {
     const packet = stagedPackets.get(handle);
     stagedPackets.delete(handle);
     if (packet === undefined) continue;
-    const slot = end.ownPool.allocate();
+    const slot = end.pool.allocate();
     if (slot < 0) {
       ioDrops.noFreeSlot++;
       continue;
     }
-    end.ownPool.slab.payloadView(slot).set(packet, SLOT_PLAINTEXT_OFFSET);
+    end.pool.slab.payloadView(slot).set(packet, SLOT_PLAINTEXT_OFFSET);
     encryptSlot(peer, OWN, slot, packet.length);
   }
+}
+
+// ---- reading the TUN queue ----------------------------------------------------------------------
+
+/** Workers this turn's reads pushed packets to: each one's doorbell rings once per turn. */
+const touched = new Uint8Array(workerCount);
+
+const intake = new TunIntake(tunFd, end.pool, datapath.routes, vnetHeader, {
+  deliver(slot, peer, ipLength) {
+    // Peer ids are assigned so that id % workerCount is the owning worker (see the control thread).
+    const owner = peer % workerCount;
+    if (owner === end.index) {
+      encryptSlot(peer, OWN, slot, ipLength);
+      return;
+    }
+    if (end.toWorker[owner]!.ring.push(slot)) touched[owner] = 1;
+    else {
+      ioDrops.ringFull++;
+      end.pool.release(slot);
+    }
+  },
+});
+
+/** Whether the slab and every other worker's ring can take the packets of one more read. */
+function roomForRead(): boolean {
+  if (end.pool.available <= MAX_SEGMENTS_PER_READ && end.pool.reclaim() === 0) return false;
+  if (end.pool.available <= MAX_SEGMENTS_PER_READ) return false;
+  for (let k = 0; k < workerCount; k++) {
+    const link = end.toWorker[k];
+    if (link !== null && link!.ring.freeSpace() < MAX_SEGMENTS_PER_READ) return false;
+  }
+  return true;
+}
+
+/** How the last readTun ended: the queue was empty, or there was no room for another read. */
+let tunDrained = false;
+let tunBlocked = false;
+
+/** Reads up to BATCH times from the TUN queue; returns how many reads brought something. */
+function readTun(): number {
+  tunDrained = false;
+  tunBlocked = false;
+  let reads = 0;
+  while (reads < BATCH) {
+    if (!roomForRead()) {
+      tunBlocked = true;
+      break;
+    }
+    if (intake.readOnce() < 0) {
+      tunDrained = true;
+      break;
+    }
+    reads++;
+  }
+  for (let k = 0; k < workerCount; k++) {
+    if (touched[k] === 0) continue;
+    touched[k] = 0;
+    end.toWorker[k]!.doorbell.ring();
+  }
+  return reads;
 }
 
 // ---- receiving ----------------------------------------------------------------------------------
@@ -340,8 +407,8 @@ function writeToTun(view: Uint8Array, offset: number, length: number, packets: n
 
 // ---- the loop -----------------------------------------------------------------------------------
 
-const popped = new Uint32Array(BATCH);
-const allDrops = (): Record<string, number> => ({ ...datapath.drops, ...ioDrops });
+const poppedSlots = new Uint32Array(BATCH);
+const allDrops = (): Record<string, number> => ({ ...datapath.drops, ...intake.drops, ...ioDrops });
 const hasWork = (): boolean => end.hasWork() || inbox.pending();
 
 function applyCommand(command: WorkerCommand): void {
@@ -349,27 +416,42 @@ function applyCommand(command: WorkerCommand): void {
 }
 
 warmWorkerPaths(aeadBackend(), init.mtu, source, monotonicNow());
+warmTunIntakePaths();
 notifyControl({ kind: 'ready', thread: threadName });
-while (running) {
-  now = monotonicNow();
-  inbox.drain(applyCommand);
-  end.ownPool.reclaim();
-  const outbound = end.fromTun.ring.popBatch(popped);
-  for (let i = 0; i < outbound; i++) {
-    const slot = popped[i]!;
-    const slab = end.fromTun.slab;
-    encryptSlot(slab.peerId(slot), FROM_TUN, slot, slab.payloadLength(slot));
+try {
+  while (running) {
+    now = monotonicNow();
+    inbox.drain(applyCommand);
+    end.pool.reclaim();
+    let outbound = readTun();
+    for (let j = 0; j < workerCount; j++) {
+      const link = end.fromWorkers[j];
+      if (link === null) continue;
+      const popped = link!.ring.popBatch(poppedSlots);
+      for (let i = 0; i < popped; i++) {
+        const slot = poppedSlots[i]!;
+        encryptSlot(link!.slab.peerId(slot), j, slot, link!.slab.payloadLength(slot));
+      }
+      outbound += popped;
+    }
+    flushSends();
+    let inbound = end.fromUdp.ring.popBatch(poppedSlots);
+    for (let i = 0; i < inbound; i++) decryptSlot(end.fromUdp, poppedSlots[i]!);
+    inbound += receiveDirect();
+    // An open TCP group stays open while datagrams keep coming (the rest of a sender's GSO run may
+    // be one receive behind); it is written once a turn finds nothing more, before any sleep.
+    if (inbound === 0) flushCoalesced();
+    flushSends();
+    reporter.maybeReport(allDrops, now);
+    if (outbound !== 0 || inbound !== 0) continue;
+    // Nothing came: sleep until a datagram, a TUN packet, a ring entry or a command arrives; while
+    // the other workers' rings are too full to take another read, only briefly, on the rings.
+    if (tunBlocked) waitForWork(end.doorbell, BACKPRESSURE_WAIT_MS, hasWork);
+    else if (tunDrained) waitForWorkOrReadable(end.doorbell, eventFd, socket.fd, tunFd, IDLE_WAIT_MS, hasWork);
   }
-  flushSends();
-  let inbound = end.fromUdp.ring.popBatch(popped);
-  for (let i = 0; i < inbound; i++) decryptSlot(end.fromUdp, popped[i]!);
-  inbound += receiveDirect();
-  // An open TCP group stays open while datagrams keep coming (the rest of a sender's GSO run may
-  // be one receive behind); it is written once a turn finds the ring empty, before any sleep.
-  if (inbound === 0) flushCoalesced();
-  flushSends();
-  reporter.maybeReport(allDrops, now);
-  if (outbound === 0 && inbound === 0) waitForWorkOrReadable(end.doorbell, eventFd, socket.fd, IDLE_WAIT_MS, hasWork);
+} catch (error) {
+  // EBADFD: the interface was deleted under us; the control thread sees it too and shuts down.
+  notifyControl({ kind: 'fatal', thread: threadName, message: error instanceof SyscallError ? error.message : String(error) });
 }
 flushCoalesced();
 flushSends();

@@ -1,10 +1,9 @@
 // The fabric: one description posted to a Worker (buffers shared, not copied), each side attached,
-// and a slot's trip tun reader → worker → back, plus udp reader → control in one thread.
+// and a slot's trip worker 0 → worker 1 → back, plus udp reader → control in one thread.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   attachControl,
-  attachTunReader,
   attachUdpReader,
   attachWorker,
   createFabric,
@@ -25,26 +24,30 @@ test('createFabric validates its options', () => {
 
 test('one buffer set per producer/consumer pair, all shared memory', () => {
   const fabric = createFabric({ workerCount: 3, readerSlots: 8, workerSlots: 2, ringCapacity: 4, peerCapacity: 16 });
-  assert.equal(fabric.tunToWorker.length, 3);
+  assert.equal(fabric.workerToWorker.length, 9);
+  assert.deepEqual(fabric.workerToWorker.map((link) => link === null), [true, false, false, false, true, false, false, false, true], 'no link from a worker to itself');
   assert.equal(fabric.udpToWorker.length, 3);
   assert.equal(fabric.workerSlabs.length, 3);
   assert.equal(fabric.workerDoorbells.length, 3);
+  const links = [...fabric.workerToWorker.filter((link) => link !== null), ...fabric.udpToWorker, fabric.udpToControl];
   const buffers = [
-    fabric.tunSlab,
     fabric.udpSlab,
     fabric.controlDoorbell,
     fabric.peerTable,
     ...fabric.workerSlabs,
     ...fabric.workerDoorbells,
-    ...[...fabric.tunToWorker, ...fabric.udpToWorker, fabric.udpToControl].flatMap((l) => [l.ring, l.returnRing]),
+    ...links.flatMap((l) => [l!.ring, l!.returnRing]),
   ];
   assert.ok(buffers.every((b) => b instanceof SharedArrayBuffer));
   assert.equal(new Set(buffers).size, buffers.length, 'no buffer is shared by two roles');
-  const tun = attachTunReader(fabric);
-  assert.equal(tun.toWorker[0]!.ring.capacity, 4);
   const worker = attachWorker(fabric, 2);
-  assert.ok(worker.fromTun.returnRing.capacity >= 8, 'a return ring holds the whole slab');
-  assert.equal(worker.ownPool.slab.slotCount, 2);
+  assert.equal(worker.toWorker[2], null);
+  assert.equal(worker.fromWorkers[2], null);
+  assert.equal(worker.toWorker[0]!.ring.capacity, 4);
+  assert.ok(worker.fromWorkers[1]!.returnRing.capacity >= 2, 'a return ring holds the producer\'s whole slab');
+  assert.ok(worker.fromUdp.returnRing.capacity >= 8, 'a return ring holds the producer\'s whole slab');
+  assert.equal(worker.pool.slab.slotCount, 2);
+  assert.equal(worker.fromWorkers[1]!.slab.slotCount, 2, 'worker 1\'s slab');
 });
 
 test('udp reader → control and back, in one thread', () => {
@@ -68,24 +71,24 @@ test('udp reader → control and back, in one thread', () => {
   }, /full return ring/);
 });
 
-test('a posted fabric is shared: tun reader → worker 1 → back, bytes changed in place', async () => {
+test('a posted fabric is shared: worker 0 → worker 1 → back, bytes changed in place', async () => {
   const count = 50;
-  const fabric = createFabric({ workerCount: 2, readerSlots: 64, workerSlots: 2, ringCapacity: 64, peerCapacity: 16 });
-  const tun = attachTunReader(fabric);
+  const fabric = createFabric({ workerCount: 2, readerSlots: 4, workerSlots: 64, ringCapacity: 64, peerCapacity: 16 });
+  const producer = attachWorker(fabric, 0);
   const worker = runJob<{ seen: number[] }>({ kind: 'fabric-worker', fabric, index: 1, count, deadlineMs: 10_000 }, 20_000);
-  const slab = tun.pool.slab;
+  const slab = producer.pool.slab;
   for (let i = 0; i < count; i++) {
-    const slot = tun.pool.allocate();
+    const slot = producer.pool.allocate();
     assert.equal(slot, i);
     slab.payloadView(slot).fill(i, SLOT_PLAINTEXT_OFFSET, SLOT_PLAINTEXT_OFFSET + 20);
     slab.setPayloadLength(slot, 20);
     slab.setPeerId(slot, 3);
-    assert.equal(tun.toWorker[1]!.ring.push(slot), true);
-    tun.toWorker[1]!.doorbell.ring();
+    assert.equal(producer.toWorker[1]!.ring.push(slot), true);
+    producer.toWorker[1]!.doorbell.ring();
   }
   const { seen } = await worker;
   assert.deepEqual(seen, Array.from({ length: count }, (_, i) => i));
-  assert.equal(tun.pool.reclaim(), count, 'the worker returned every slot');
+  assert.equal(producer.pool.reclaim(), count, 'the worker returned every slot');
   // The worker wrote a header and flipped the plaintext in place: we see its bytes in our slab.
   for (let slot = 0; slot < count; slot++) {
     const payload = slab.payloadView(slot);

@@ -238,7 +238,7 @@ function wakeInPoll(job: Extract<Job, { kind: 'wake-in-poll' }>): unknown {
   doorbell.useEventFd(eventFd);
   try {
     const start = performance.now();
-    const reason = waitForWorkOrReadable(doorbell, eventFd, job.pollFd, job.timeoutMs, () => !ring.isEmpty());
+    const reason = waitForWorkOrReadable(doorbell, eventFd, job.pollFd, -1, job.timeoutMs, () => !ring.isEmpty());
     return { reason, elapsedMs: performance.now() - start, value: ring.pop(), sleepingAfter: doorbell.sleeping };
   } finally {
     closeFd(eventFd);
@@ -247,16 +247,18 @@ function wakeInPoll(job: Extract<Job, { kind: 'wake-in-poll' }>): unknown {
 
 function fabricWorker(job: Extract<Job, { kind: 'fabric-worker' }>): unknown {
   const end = attachWorker(job.fabric, job.index);
+  // Packets come from worker 0 (the test's thread), as a worker's TUN reads for another's peers.
+  const link = end.fromWorkers[0]!;
   const start = performance.now();
   const seen: number[] = [];
   while (seen.length < job.count && !expired(start, job.deadlineMs)) {
-    const slot = end.fromTun.ring.pop();
+    const slot = link.ring.pop();
     if (slot === -1) {
       waitForWork(end.doorbell, 2000, end.hasWork);
       continue;
     }
     // Stand-in for "encrypt in place": read the plaintext at its offset, write a header before it.
-    const slab = end.fromTun.slab;
+    const slab = link.slab;
     const payload = slab.payloadView(slot);
     const length = slab.payloadLength(slot);
     seen.push(payload[SLOT_PLAINTEXT_OFFSET]!);
@@ -266,7 +268,7 @@ function fabricWorker(job: Extract<Job, { kind: 'fabric-worker' }>): unknown {
     slab.setPayloadLength(slot, SLOT_PLAINTEXT_OFFSET + length);
     end.peerTable.addSent(slab.peerId(slot), SLOT_PLAINTEXT_OFFSET + length, 1, 1, 1000 + seen.length);
     end.peerTable.publish(slab.peerId(slot));
-    returnSlot(end.fromTun, slot);
+    returnSlot(link, slot);
   }
   return { seen };
 }

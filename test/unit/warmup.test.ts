@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { aeadBackend } from '../../src/wireguard/aead.ts';
 import type { Endpoint } from '../../src/wireguard/endpoint.ts';
 import type { DatagramSource } from '../../src/workers/datapath.ts';
-import { warmRingPaths, warmTunReaderPaths, warmUdpReaderPaths, warmWaitPaths, warmWorkerPaths } from '../../src/workers/warmup.ts';
+import { warmRingPaths, warmTunIntakePaths, warmUdpReaderPaths, warmWaitPaths, warmWorkerPaths } from '../../src/workers/warmup.ts';
 
 /** A source that records how it was used, to show the warm-up only reads it. */
 class RecordingSource implements DatagramSource {
@@ -31,8 +31,8 @@ for (const backend of ['sodium', 'noble'] as const) {
   });
 }
 
-test('warmTunReaderPaths finds the scratch peer for every IPv4 and IPv6 packet', () => {
-  assert.equal(warmTunReaderPaths(100), 100);
+test('warmTunIntakePaths finds the scratch peer for every IPv4 and IPv6 packet', () => {
+  assert.equal(warmTunIntakePaths(100), 100);
 });
 
 test('warmUdpReaderPaths routes every scratch datagram to the shard of its receiver index', () => {
