@@ -1,6 +1,6 @@
 // The per-packet work of the data path without its syscalls, as the threads do it:
 //
-//   encrypt: a fresh IP packet in a TUN slot → routing lookup by destination (the TUN reader's
+//   encrypt: a fresh IP packet in a TUN slot → routing lookup by destination (the worker's
 //            AllowedIPs, 10,000 peers) → Datapath.encrypt in place → the send metadata the
 //            worker fills for sendmmsg (endpoint address and port).
 //   decrypt: a datagram lands in a UDP slot (the copy recvmmsg would make) → Datapath.decrypt in

@@ -35,11 +35,11 @@ export const CACHE_LINE_SIZE = 64;
 //
 // Inbound (udp reader → worker): the datagram is read at payload offset 0, the worker decrypts it
 // in place, so the plaintext comes out at SLOT_PLAINTEXT_OFFSET (whitepaper §5.4.6: the 16-byte
-// transport header precedes the ciphertext). Outbound (tun reader → worker): the IP packet is read
-// at SLOT_PLAINTEXT_OFFSET and the worker encrypts it in place, writing the header into [0, 16).
-// "payload length" counts the bytes that are meaningful at the stage the slot is in: the datagram
-// length (starting at 0) for slots from the UDP reader, the IP packet length (starting at
-// SLOT_PLAINTEXT_OFFSET) for slots from the TUN reader. Each ring's contract names the stage.
+// transport header precedes the ciphertext). Outbound (a worker's TUN queue): the IP packet is read
+// at SLOT_PLAINTEXT_OFFSET and the worker (or the worker it is passed to) encrypts it in place,
+// writing the header into [0, 16). "payload length" counts the bytes that are meaningful at the
+// stage the slot is in: the datagram length (starting at 0) for datagrams, the IP packet length
+// (starting at SLOT_PLAINTEXT_OFFSET) for TUN packets. Each ring's contract names the stage.
 //
 // Addresses: remote family 4 or 6 (0: no endpoint); for family 4 an address takes bytes 0..3 and
 // the other 12 bytes are zero (never v4-mapped); for family 6 all 16 bytes. The local address has
@@ -170,14 +170,13 @@ export const PEER_TABLE_MAX_CAPACITY = 1 << 20;
 
 // ─── Fabric (the whole set of buffers, see fabric.ts) ────────────────────────────────────────────
 //
-//   tun reader ── slab T ──┬─ ring T→w0 ─► worker 0 ─ return ring w0→T ─┐
-//                          ├─ ring T→w1 ─► worker 1 ─ return ring w1→T ─┤ back to T's free list
-//                          └─ …                                         ┘
+//   worker j ──── slab Wj ─┬─ ring Wj→w0 ─► worker 0 ─ return ring ──────┐ (no ring to itself: its
+//   (its TUN reads and     ├─ ring Wj→w1 ─► worker 1 ─ return ring ──────┤ own peers' packets never
+//    keepalives)           └─ …                                         ┘ leave it) back to Wj
 //   udp reader ── slab U ──┬─ ring U→w0 ─► worker 0 ─ return ring w0→U ─┐
 //                          ├─ ring U→w1 ─► worker 1 ─ return ring w1→U ─┤ back to U's free list
 //                          ├─ …                                         │
 //                          └─ ring U→c ──► control ─ return ring c→U ───┘
-//   worker k ── slab Wk (packets it originates, e.g. keepalives; never leaves worker k)
 //   doorbell per consumer: worker 0 … worker n-1, control
 //   peer table: one, shared by all
 

@@ -1,7 +1,9 @@
-// The UDP reader thread: receives datagrams in batches straight into slots of its slab and
-// demultiplexes them by their first byte (ARCHITECTURE.md, "Demultiplexing one UDP socket"):
-// transport data (type 4) goes to the worker that owns its receiver index, handshake messages
-// (types 1–3) to the control thread, anything else is dropped and counted.
+// The UDP reader thread: receives, in batches straight into slots of its slab, what the steered
+// socket group (io/udp.ts) gives the reader's socket — everything but the transport data, which
+// goes to its worker's socket — and demultiplexes it by its first byte (ARCHITECTURE.md,
+// "Demultiplexing one UDP socket"): transport data (type 4, unwrapped from TURN ChannelData, or
+// arriving while the group forms) goes to the worker that owns its receiver index, handshake
+// messages (types 1–3) to the control thread, anything else is dropped and counted.
 import { commandSignalIndex, type UdpReaderCommand } from '../control/messages.ts';
 import { attachUdpReader, type OutboundLink } from '../ring/fabric.ts';
 import {

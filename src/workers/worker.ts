@@ -246,21 +246,27 @@ function roomForRead(): boolean {
 let tunDrained = false;
 let tunBlocked = false;
 
-/** Reads up to BATCH times from the TUN queue; returns how many reads brought something. */
+/**
+ * Reads from the TUN queue until about BATCH packets came (a super-packet brings up to 64 at once),
+ * so that a turn also gets to the socket soon; returns how many reads brought something.
+ */
 function readTun(): number {
   tunDrained = false;
   tunBlocked = false;
   let reads = 0;
-  while (reads < BATCH) {
+  let packets = 0;
+  while (reads < BATCH && packets < BATCH) {
     if (!roomForRead()) {
       tunBlocked = true;
       break;
     }
-    if (intake.readOnce() < 0) {
+    const delivered = intake.readOnce();
+    if (delivered < 0) {
       tunDrained = true;
       break;
     }
     reads++;
+    packets += delivered;
   }
   for (let k = 0; k < workerCount; k++) {
     if (touched[k] === 0) continue;
