@@ -13,7 +13,7 @@ import { Datapath, DROPPED, STAGED, type DatagramSource } from './datapath.ts';
 import { commandSignalIndex, type WorkerCommand } from '../control/messages.ts';
 import { attachWorker, returnSlot, type InboundLink } from '../ring/fabric.ts';
 import { SLOT_PLAINTEXT_OFFSET } from '../ring/layout.ts';
-import { waitForWork, waitForWorkOrReadable } from '../ring/doorbell.ts';
+import { DEFAULT_SPIN_MICROS, waitForWork, waitForWorkOrReadable } from '../ring/doorbell.ts';
 import { Slab, createSlabBuffer } from '../ring/slab.ts';
 import { createEventFd } from '../io/libc.ts';
 import { MESSAGE_TRANSPORT, MESSAGE_TRANSPORT_MIN_SIZE } from '../wireguard/constants.ts';
@@ -245,6 +245,12 @@ function roomForRead(): boolean {
 /** How the last readTun ended: the queue was empty, or there was no room for another read. */
 let tunDrained = false;
 let tunBlocked = false;
+/**
+ * The worker just woke from a sleep: the first packet it encrypts is sent at once rather than
+ * after the read that finds the queue empty (a ping or a request waits on it; under load the
+ * worker seldom sleeps, so batching is not lost).
+ */
+let justWoke = false;
 
 /**
  * Reads from the TUN queue until about BATCH packets came (a super-packet brings up to 64 at once),
@@ -267,6 +273,10 @@ function readTun(): number {
     }
     reads++;
     packets += delivered;
+    if (justWoke) {
+      justWoke = false;
+      flushSends();
+    }
   }
   for (let k = 0; k < workerCount; k++) {
     if (touched[k] === 0) continue;
@@ -424,12 +434,16 @@ function applyCommand(command: WorkerCommand): void {
 warmWorkerPaths(aeadBackend(), init.mtu, source, monotonicNow());
 warmTunIntakePaths();
 notifyControl({ kind: 'ready', thread: threadName });
+/** The last turn that found work found some of it on a ring (see the wait below). */
+let ringsBusy = false;
 try {
   while (running) {
     now = monotonicNow();
     inbox.drain(applyCommand);
     end.pool.reclaim();
     let outbound = readTun();
+    justWoke = false;
+    let ringEntries = 0;
     for (let j = 0; j < workerCount; j++) {
       const link = end.fromWorkers[j];
       if (link === null) continue;
@@ -439,21 +453,32 @@ try {
         encryptSlot(link!.slab.peerId(slot), j, slot, link!.slab.payloadLength(slot));
       }
       outbound += popped;
+      ringEntries += popped;
     }
     flushSends();
     let inbound = end.fromUdp.ring.popBatch(poppedSlots);
     for (let i = 0; i < inbound; i++) decryptSlot(end.fromUdp, poppedSlots[i]!);
+    ringEntries += inbound;
     inbound += receiveDirect();
     // An open TCP group stays open while datagrams keep coming (the rest of a sender's GSO run may
     // be one receive behind); it is written once a turn finds nothing more, before any sleep.
     if (inbound === 0) flushCoalesced();
     flushSends();
     reporter.maybeReport(allDrops, now);
-    if (outbound !== 0 || inbound !== 0) continue;
+    if (outbound !== 0 || inbound !== 0) {
+      ringsBusy = ringEntries !== 0;
+      continue;
+    }
     // Nothing came: sleep until a datagram, a TUN packet, a ring entry or a command arrives; while
     // the other workers' rings are too full to take another read, only briefly, on the rings.
+    // Spinning first pays only when rings bring work (it saves the producer a wake-up call);
+    // datagrams and TUN packets are seen by poll(2) alone, so otherwise the spin only burns CPU
+    // that the other threads on the machine could use.
     if (tunBlocked) waitForWork(end.doorbell, BACKPRESSURE_WAIT_MS, hasWork);
-    else if (tunDrained) waitForWorkOrReadable(end.doorbell, eventFd, socket.fd, tunFd, IDLE_WAIT_MS, hasWork);
+    else if (tunDrained) {
+      waitForWorkOrReadable(end.doorbell, eventFd, socket.fd, tunFd, IDLE_WAIT_MS, hasWork, ringsBusy ? DEFAULT_SPIN_MICROS : 0);
+      justWoke = true;
+    }
   }
 } catch (error) {
   // EBADFD: the interface was deleted under us; the control thread sees it too and shuts down.
