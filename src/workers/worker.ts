@@ -246,11 +246,11 @@ function roomForRead(): boolean {
 let tunDrained = false;
 let tunBlocked = false;
 /**
- * The worker just woke from a sleep: the first packet it encrypts is sent at once rather than
- * after the read that finds the queue empty (a ping or a request waits on it; under load the
- * worker seldom sleeps, so batching is not lost).
+ * The last readTun stopped at its batch limit: the queue is busy. When it is not, the first packet
+ * of a turn leaves at once rather than after the read that finds the queue empty: at light traffic
+ * (a ping, a request) someone waits on that one packet, and under load batches stay whole.
  */
-let justWoke = false;
+let tunBusy = false;
 
 /**
  * Reads from the TUN queue until about BATCH packets came (a super-packet brings up to 64 at once),
@@ -271,13 +271,11 @@ function readTun(): number {
       tunDrained = true;
       break;
     }
+    if (reads === 0 && !tunBusy) flushSends();
     reads++;
     packets += delivered;
-    if (justWoke) {
-      justWoke = false;
-      flushSends();
-    }
   }
+  tunBusy = !tunDrained && !tunBlocked;
   for (let k = 0; k < workerCount; k++) {
     if (touched[k] === 0) continue;
     touched[k] = 0;
@@ -442,7 +440,6 @@ try {
     inbox.drain(applyCommand);
     end.pool.reclaim();
     let outbound = readTun();
-    justWoke = false;
     let ringEntries = 0;
     for (let j = 0; j < workerCount; j++) {
       const link = end.fromWorkers[j];
@@ -475,10 +472,7 @@ try {
     // datagrams and TUN packets are seen by poll(2) alone, so otherwise the spin only burns CPU
     // that the other threads on the machine could use.
     if (tunBlocked) waitForWork(end.doorbell, BACKPRESSURE_WAIT_MS, hasWork);
-    else if (tunDrained) {
-      waitForWorkOrReadable(end.doorbell, eventFd, socket.fd, tunFd, IDLE_WAIT_MS, hasWork, ringsBusy ? DEFAULT_SPIN_MICROS : 0);
-      justWoke = true;
-    }
+    else if (tunDrained) waitForWorkOrReadable(end.doorbell, eventFd, socket.fd, tunFd, IDLE_WAIT_MS, hasWork, ringsBusy ? DEFAULT_SPIN_MICROS : 0);
   }
 } catch (error) {
   // EBADFD: the interface was deleted under us; the control thread sees it too and shuts down.
