@@ -22,6 +22,7 @@ const lib = koffi.load('libc.so.6');
 // passed the same way as to a fixed-argument function, and the fixed form is faster through koffi.
 export const libc = {
   socket: lib.func('int socket(int domain, int type, int protocol)'),
+  socketpair: lib.func('int socketpair(int domain, int type, int protocol, void *sv)'),
   bind: lib.func('int bind(int fd, void *addr, uint32_t addrlen)'),
   setsockopt: lib.func('int setsockopt(int fd, int level, int name, void *value, uint32_t len)'),
   getsockopt: lib.func('int getsockopt(int fd, int level, int name, void *value, void *len)'),
@@ -67,6 +68,7 @@ export const ENETUNREACH = 101;
 export const ENOBUFS = 105;
 
 // Address and socket families, types and flags (linux/socket.h, linux/net.h).
+export const AF_UNIX = 1;
 export const AF_INET = 2;
 export const AF_INET6 = 10;
 export const AF_NETLINK = 16;

@@ -1,7 +1,7 @@
 // A packet worker's TUN intake: reads IP packets from the worker's own TUN queue straight into slots
 // of its slab (at the plaintext offset, leaving room for the transport header), finds the peer by
-// destination address in the cryptokey routing table (whitepaper §2) and hands each packet, with
-// its peer, to the worker, which encrypts it or passes it to the worker owning that peer. Packets
+// destination address in the cryptokey routing table (whitepaper §2) and lists each packet with
+// its peer for the worker, which encrypts it or passes it to the worker owning that peer. Packets
 // for no peer are dropped and counted, as wireguard-go does.
 //
 // With TUN offloads on, each read starts with a virtio-net header and may be a TCP or UDP
@@ -22,17 +22,19 @@ import { Segmenter, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, Virtio
  */
 export const MAX_SEGMENTS_PER_READ = 64;
 
-/** Where the intake's packets go: `slot` holds an IP packet for `peer` and now belongs to the target. */
-export interface IntakeTarget {
-  deliver(slot: number, peer: number, ipLength: number): void;
-}
-
 export class TunIntake {
   readonly drops = { noRoute: 0, notIp: 0, noFreeSlot: 0, badOffload: 0 };
+  /**
+   * What the last readOnce brought, packet k at index k: its slot (now the caller's, with payload
+   * length and peer id set), its peer and its IP length.
+   */
+  readonly slots = new Int32Array(MAX_SEGMENTS_PER_READ);
+  readonly peers = new Int32Array(MAX_SEGMENTS_PER_READ);
+  readonly lengths = new Int32Array(MAX_SEGMENTS_PER_READ);
   readonly #fd: number;
   readonly #pool: SlotPool;
   readonly #routes: AllowedIps;
-  readonly #target: IntakeTarget;
+  #count = 0;
   readonly #vnetHeader: boolean;
   /** Per slot, the part of its payload a read goes into. */
   readonly #readViews: Uint8Array[];
@@ -41,11 +43,10 @@ export class TunIntake {
   readonly #header = new VirtioHeader();
   readonly #segmenter = new Segmenter();
 
-  constructor(fd: number, pool: SlotPool, routes: AllowedIps, vnetHeader: boolean, target: IntakeTarget) {
+  constructor(fd: number, pool: SlotPool, routes: AllowedIps, vnetHeader: boolean) {
     this.#fd = fd;
     this.#pool = pool;
     this.#routes = routes;
-    this.#target = target;
     this.#vnetHeader = vnetHeader;
     const slab = pool.slab;
     // Where a read lands in a slot's payload: the packet at the plaintext offset, its virtio header before it.
@@ -57,11 +58,13 @@ export class TunIntake {
   }
 
   /**
-   * Reads once from the queue and delivers what it held. Returns the packets delivered, or -1
-   * when the queue was empty (or no slot was free: counted). The caller makes sure there is room
-   * for MAX_SEGMENTS_PER_READ packets first. Throws SyscallError when the device is gone.
+   * Reads once from the queue and lists the packets it held in `slots`, `peers` and `lengths`.
+   * Returns how many (0 when all were dropped), or -1 when the queue was empty (or no slot was
+   * free: counted). The caller makes sure the pool has MAX_SEGMENTS_PER_READ free slots first.
+   * Throws SyscallError when the device is gone.
    */
   readOnce(): number {
+    this.#count = 0;
     const slot = this.#pool.allocate();
     if (slot < 0) {
       this.drops.noFreeSlot++;
@@ -72,11 +75,13 @@ export class TunIntake {
       this.#pool.release(slot);
       return -1;
     }
-    return this.#vnetHeader ? this.#deliverOffloaded(slot, length - TUN_VNET_HDR_SIZE) : this.#deliver(slot, length);
+    if (this.#vnetHeader) this.#listOffloaded(slot, length - TUN_VNET_HDR_SIZE);
+    else this.#list(slot, length);
+    return this.#count;
   }
 
   /** A read with a virtio header: a plain packet (maybe with a checksum to finish) or a super-packet to cut. */
-  #deliverOffloaded(slot: number, length: number): number {
+  #listOffloaded(slot: number, length: number): void {
     const at = plaintextAt(slot);
     if (length < 0) return this.#dropOffloaded(slot);
     const header = this.#header;
@@ -85,31 +90,28 @@ export class TunIntake {
       if ((header.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0 && !completeChecksum(this.#bytes, at, length, header.csumStart, header.csumOffset)) {
         return this.#dropOffloaded(slot);
       }
-      return this.#deliver(slot, length);
+      return this.#list(slot, length);
     }
     const segments = this.#segmenter.begin(this.#bytes, at, length, header);
     if (segments < 0) return this.#dropOffloaded(slot);
-    let count = 0;
     for (let k = 0; k < segments; k++) {
       const segment = this.#pool.allocate();
       if (segment < 0) {
         this.drops.noFreeSlot += segments - k;
         break;
       }
-      count += this.#deliver(segment, this.#segmenter.write(k, plaintextAt(segment)));
+      this.#list(segment, this.#segmenter.write(k, plaintextAt(segment)));
     }
     this.#pool.release(slot);
-    return count;
   }
 
-  #dropOffloaded(slot: number): number {
+  #dropOffloaded(slot: number): void {
     this.drops.badOffload++;
     this.#pool.release(slot);
-    return 0;
   }
 
-  /** Hands the IP packet in `slot` to the target with its peer; returns 1, or 0 when it was dropped. */
-  #deliver(slot: number, length: number): number {
+  /** Lists the IP packet in `slot` with its peer, or drops it (counted) when it has none. */
+  #list(slot: number, length: number): void {
     const slab = this.#pool.slab;
     const payload = slab.payloadView(slot);
     const version = payload[SLOT_PLAINTEXT_OFFSET]! >> 4;
@@ -119,17 +121,19 @@ export class TunIntake {
     else {
       this.drops.notIp++;
       this.#pool.release(slot);
-      return 0;
+      return;
     }
     if (peer < 0) {
       this.drops.noRoute++;
       this.#pool.release(slot);
-      return 0;
+      return;
     }
     slab.setPayloadLength(slot, length);
     slab.setPeerId(slot, peer);
-    this.#target.deliver(slot, peer, length);
-    return 1;
+    const k = this.#count++;
+    this.slots[k] = slot;
+    this.peers[k] = peer;
+    this.lengths[k] = length;
   }
 }
 

@@ -4,7 +4,8 @@
 // the same functions and classes run a few thousand times on throwaway objects — a Datapath with a
 // peer of its own and a random keypair, its own AllowedIps, Slab, DatagramMeta and Coalescer,
 // its own slot pool, rings and doorbell —
-// so nothing touches a real peer, counter, ring, slot or socket, and no syscall is made.
+// so nothing touches a real peer, counter, ring, slot or socket; the only syscalls are on a
+// scratch socket pair standing in for the TUN queue (warmTunIntakePaths).
 //
 // The scratch objects must have the shapes (V8 maps) and field representations the real ones will
 // have, or the optimized code deoptimizes on the first real packets ("wrong map", "not a Smi",
@@ -24,6 +25,9 @@ import { Ring } from '../ring/ring.ts';
 import { Slab, SlotPool } from '../ring/slab.ts';
 import { Datapath, type DatagramSource } from './datapath.ts';
 import { Coalescer } from './offload.ts';
+import { TunIntake } from './tun-intake.ts';
+import { AF_UNIX, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, libc, throwErrno } from '../io/libc.ts';
+import { TUN_VNET_HDR_SIZE } from '../io/tun.ts';
 
 /** Enough calls for V8 to tier the per-packet functions up to optimized code (Maglev/Turbofan). */
 export const WARMUP_ROUNDS = 3_000;
@@ -144,26 +148,47 @@ export function warmWaitPaths(rounds: number = WARMUP_ROUNDS): number {
   return planned;
 }
 
-/** A worker's TUN intake paths: slot traffic (warmRingPaths), the AllowedIPs lookup by destination and the slot header writes. Returns how many found the scratch peer. */
+/**
+ * A worker's TUN intake (tun-intake.ts): slot traffic (warmRingPaths), then IPv4 and IPv6 packets
+ * read with the real TunIntake from a scratch datagram socket pair standing in for the TUN queue
+ * (its reads keep packet boundaries as a TUN queue's do), plain and behind an all-zero virtio
+ * header, routed by destination to the scratch peer, listed and given back. Returns how many
+ * were listed for the scratch peer (all of them, or a bug).
+ */
 export function warmTunIntakePaths(rounds: number = WARMUP_ROUNDS): number {
   warmRingPaths(rounds);
   const routes = new AllowedIps();
   routes.insert(V4_DESTINATION, 32, SCRATCH_PEER);
   routes.insert(V6_DESTINATION, 128, SCRATCH_PEER);
-  const slab = Slab.create(1);
-  const payload = slab.payloadView(0);
-  let found = 0;
-  for (let round = 0; round < rounds; round++) {
-    const version = round % 2 === 0 ? 4 : 6;
-    writeIpPacket(payload, SLOT_PLAINTEXT_OFFSET, PACKET_SIZES[0], version);
-    const peer = version === 4
-      ? routes.lookupV4(payload, SLOT_PLAINTEXT_OFFSET + 16)
-      : routes.lookupV6(payload, SLOT_PLAINTEXT_OFFSET + 24);
-    slab.setPayloadLength(0, PACKET_SIZES[0]);
-    slab.setPeerId(0, peer);
-    if (peer === SCRATCH_PEER) found++;
+  const pair = new Int32Array(2);
+  if (libc.socketpair(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair) < 0) throwErrno('socketpair', 'warm-up');
+  const [queue, writer] = [pair[0]!, pair[1]!];
+  try {
+    const pool = new SlotPool(Slab.create(2), []);
+    let found = 0;
+    const plain = new TunIntake(queue, pool, routes, false);
+    const offloaded = new TunIntake(queue, pool, routes, true);
+    const packet = new Uint8Array(TUN_VNET_HDR_SIZE + PACKET_SIZES[1]);
+    for (let round = 0; round < rounds; round++) {
+      const version = round % 2 === 0 ? 4 : 6;
+      const withHeader = (round >> 1) % 2 === 1;
+      const length = PACKET_SIZES[(round >> 2) % PACKET_SIZES.length]!;
+      const at = withHeader ? TUN_VNET_HDR_SIZE : 0;
+      packet.fill(0, 0, at);
+      writeIpPacket(packet, at, length, version);
+      if (libc.write(writer, packet, at + length) !== at + length) continue;
+      const intake = withHeader ? offloaded : plain;
+      const count = intake.readOnce();
+      for (let k = 0; k < count; k++) {
+        if (intake.peers[k] === SCRATCH_PEER) found++;
+        pool.release(intake.slots[k]!);
+      }
+    }
+    return found;
+  } finally {
+    libc.close(queue);
+    libc.close(writer);
   }
-  return found;
 }
 
 /**

@@ -215,21 +215,23 @@ function flushStaged(peer: number, keepaliveIfNone: boolean): void {
 /** Workers this turn's reads pushed packets to: each one's doorbell rings once per turn. */
 const touched = new Uint8Array(workerCount);
 
-const intake = new TunIntake(tunFd, end.pool, datapath.routes, vnetHeader, {
-  deliver(slot, peer, ipLength) {
+const intake = new TunIntake(tunFd, end.pool, datapath.routes, vnetHeader);
+
+/** Encrypts the packets of the last read for this worker's peers and passes the others on. */
+function dispatchRead(count: number): void {
+  for (let k = 0; k < count; k++) {
+    const slot = intake.slots[k]!;
+    const peer = intake.peers[k]!;
     // Peer ids are assigned so that id % workerCount is the owning worker (see the control thread).
     const owner = peer % workerCount;
-    if (owner === end.index) {
-      encryptSlot(peer, OWN, slot, ipLength);
-      return;
-    }
-    if (end.toWorker[owner]!.ring.push(slot)) touched[owner] = 1;
+    if (owner === end.index) encryptSlot(peer, OWN, slot, intake.lengths[k]!);
+    else if (end.toWorker[owner]!.ring.push(slot)) touched[owner] = 1;
     else {
       ioDrops.ringFull++;
       end.pool.release(slot);
     }
-  },
-});
+  }
+}
 
 /** Whether the slab and every other worker's ring can take the packets of one more read. */
 function roomForRead(): boolean {
@@ -271,6 +273,7 @@ function readTun(): number {
       tunDrained = true;
       break;
     }
+    dispatchRead(delivered);
     if (reads === 0 && !tunBusy) flushSends();
     reads++;
     packets += delivered;
