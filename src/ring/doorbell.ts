@@ -93,6 +93,17 @@ export class Doorbell {
   }
 }
 
+/** Looks at the rings for up to `spinMicros`; true as soon as `hasWork` says they hold an entry. */
+function spinForWork(hasWork: () => boolean, spinMicros: number): boolean {
+  if (spinMicros <= 0) return false;
+  const spinUntil = performance.now() + spinMicros / 1000;
+  do {
+    // Several cheap looks per clock read: performance.now() costs more than a look at a ring.
+    for (let i = 0; i < SPIN_LOOKS_PER_CLOCK_READ; i++) if (hasWork()) return true;
+  } while (performance.now() < spinUntil);
+  return false;
+}
+
 /**
  * Consumer thread (a Worker: Atomics.wait blocks the calling thread). Call when a drain of every
  * ring found nothing. Polls `hasWork` for up to `spinMicros`, then sleeps until a producer rings or
@@ -105,13 +116,7 @@ export function waitForWork(
   hasWork: () => boolean,
   spinMicros: number = DEFAULT_SPIN_MICROS,
 ): WakeReason {
-  if (spinMicros > 0) {
-    const spinUntil = performance.now() + spinMicros / 1000;
-    do {
-      // Several cheap looks per clock read: performance.now() costs more than a look at a ring.
-      for (let i = 0; i < SPIN_LOOKS_PER_CLOCK_READ; i++) if (hasWork()) return 'work';
-    } while (performance.now() < spinUntil);
-  }
+  if (spinForWork(hasWork, spinMicros)) return 'work';
   const seen = doorbell.announceSleep();
   if (hasWork()) {
     doorbell.wake();
@@ -140,12 +145,7 @@ export function waitForWorkOrReadable(
   hasWork: () => boolean,
   spinMicros: number = DEFAULT_SPIN_MICROS,
 ): WakeReason {
-  if (spinMicros > 0) {
-    const spinUntil = performance.now() + spinMicros / 1000;
-    do {
-      for (let i = 0; i < SPIN_LOOKS_PER_CLOCK_READ; i++) if (hasWork()) return 'work';
-    } while (performance.now() < spinUntil);
-  }
+  if (spinForWork(hasWork, spinMicros)) return 'work';
   doorbell.announceSleep(true);
   if (hasWork()) {
     doorbell.wake();
