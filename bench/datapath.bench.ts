@@ -10,7 +10,8 @@
 // is encrypted by one Datapath and decrypted by another back to the exact original bytes. The same
 // module measures heap bytes allocated per packet (goal: zero) and, run as a worker thread, the
 // encrypt path on 1 vs 2 threads side by side (each thread with its own peers, as shards are).
-// Run alone: node bench/datapath.bench.ts (or as part of npm run bench).
+// Run alone: node bench/datapath.bench.ts (or as part of npm run bench); for instruction counts of a
+// fixed number of packets: node bench/datapath.bench.ts --count encrypt|decrypt SIZE PACKETS.
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { GCProfiler, getHeapStatistics } from 'node:v8';
 import type { BenchCase, Row } from './harness.ts';
@@ -175,6 +176,11 @@ export class PacketPath {
       this.datagramLengths[j] = length;
       if (this.datagramViews[j]?.length !== length) this.datagramViews[j] = this.datagrams.subarray(j * this.stride, j * this.stride + length);
     }
+    this.resetReplayWindows();
+  }
+
+  /** Fresh receiving sessions (same keys): the prepared batch decrypts again. */
+  resetReplayWindows(): void {
     for (const [id, material] of this.materials) this.receiver.installKeypair(id, material);
   }
 
@@ -387,7 +393,42 @@ export async function scalingCases(): Promise<{ cases: BenchCase[]; close: () =>
   return { cases, close: async () => void (await Promise.all(closers.map((c) => c()))) };
 }
 
-if (isMainThread && import.meta.main) {
+// ---- a fixed number of packets, for instruction counters ------------------------------------------
+
+/**
+ * Runs exactly `packets` packets of one path (after one warm-up batch) and nothing else, for
+ * `perf stat` or `valgrind --tool=callgrind`, which count instructions and so are far less
+ * disturbed by a shared machine than timings. The decrypt path re-decrypts one prepared batch,
+ * resetting the replay windows between passes, so no encryption is counted in it. Instructions per
+ * packet: the difference of two runs with different counts, divided by the difference of counts.
+ */
+export function fixedCountLoop(path: 'encrypt' | 'decrypt', size: number, packets: number): number {
+  const packetPath = new PacketPath(size);
+  packetPath.check();
+  packetPath.prepareDecryptBatch();
+  let bytes = 0;
+  if (path === 'encrypt') {
+    for (let i = 0; i < packets; i++) bytes += packetPath.encryptOne();
+    return bytes;
+  }
+  for (let done = 0; done < packets;) {
+    packetPath.resetReplayWindows();
+    for (let j = 0; j < BATCH && done < packets; j++, done++) bytes += packetPath.decryptOne(j);
+  }
+  return bytes;
+}
+
+if (isMainThread && import.meta.main && process.argv[2] === '--count') {
+  // node bench/datapath.bench.ts --count encrypt|decrypt SIZE PACKETS
+  const [, , , path, size, packets] = process.argv;
+  if ((path !== 'encrypt' && path !== 'decrypt') || !(Number(size) > 0) || !(Number(packets) > 0)) {
+    throw new RangeError('bench: usage: --count encrypt|decrypt SIZE PACKETS');
+  }
+  const started = process.cpuUsage();
+  const bytes = fixedCountLoop(path, Number(size), Number(packets));
+  const used = process.cpuUsage(started);
+  console.log(`${path} ${size} B × ${packets}: ${bytes} bytes out, ${(((used.user + used.system) * 1000) / Number(packets)).toFixed(0)} ns CPU per packet (set-up included)`);
+} else if (isMainThread && import.meta.main) {
   await runStandalone(datapathCases());
   const scaling = await scalingCases();
   try {

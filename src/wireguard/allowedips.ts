@@ -69,6 +69,7 @@ export class AllowedIps {
   #size = 0;
   /** Insertions still to come in the current batch (see expectInsertions). */
   #expectedInsertions = 0;
+  #generation = 0;
   /** Scratch key words for insert/remove/lookupV6, so none of them allocates. */
   readonly #scratch = new Int32Array(KEY_WORDS);
 
@@ -78,6 +79,14 @@ export class AllowedIps {
   }
 
   /** Trie nodes in use, glue included: at most 2 * size - 1 (for memory reports and tests). */
+  /**
+   * Changes whenever a prefix is routed to a peer or removed: a lookup result remembered together
+   * with the generation it was made in stays valid while the generation is the same.
+   */
+  get generation(): number {
+    return this.#generation;
+  }
+
   get nodeCount(): number {
     return this.#usedNodes - this.#freeNodes;
   }
@@ -330,6 +339,7 @@ export class AllowedIps {
   }
 
   #setPeer(node: number, peer: number): void {
+    this.#generation++;
     const at = node * RECORD + PEER;
     if (this.#nodes[at] === NO_PEER) this.#size++;
     else this.#unlinkFromPeer(node);
@@ -366,6 +376,7 @@ export class AllowedIps {
 
   /** Drops the node's route and then any node that no longer needs to exist (keeps glue nodes binary). */
   #removeEntry(node: number): void {
+    this.#generation++;
     this.#unlinkFromPeer(node);
     const nodes = this.#nodes;
     const at = node * RECORD;
