@@ -15,6 +15,7 @@ import { DatagramMeta, DEFAULT_BATCH_SIZE, SteeredUdpGroup, UdpSocket, sourceMay
 import { LinkWatcher } from '../io/netlink.ts';
 import { closeFd, createEventFd, setIntOption, signalEventFd, SOL_SOCKET } from '../io/libc.ts';
 import { AllowedIps } from '../wireguard/allowedips.ts';
+import { warmHandshakePaths } from '../wireguard/engine-warmup.ts';
 import { DEFAULT_MTU, UNDER_LOAD_AFTER_TIME_MS } from '../wireguard/constants.ts';
 import { WireGuardEngine, type EngineEvent } from '../wireguard/engine.ts';
 import type { HandshakeJobResult } from '../wireguard/noise.ts';
@@ -206,7 +207,9 @@ export class Device {
   static async start(options: DeviceOptions): Promise<Device> {
     const device = new Device(options);
     try {
-      await device.startThreads();
+      // The packet threads warm up their paths while this thread warms up its handshake path (the
+      // warm-up runs once the threads are spawned, at the first await).
+      await Promise.all([device.startThreads(), Promise.resolve().then(() => warmHandshakePaths(monotonicNow()))]);
       device.uapi = await listenUapi({ interfaceName: options.interfaceName, handler: device, logger: options.logger });
     } catch (error) {
       await device.stop('failed to start');
