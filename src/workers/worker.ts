@@ -239,7 +239,7 @@ function roomForRead(): boolean {
   if (end.pool.available <= MAX_SEGMENTS_PER_READ) return false;
   for (let k = 0; k < workerCount; k++) {
     const link = end.toWorker[k];
-    if (link !== null && link!.ring.freeSpace() < MAX_SEGMENTS_PER_READ) return false;
+    if (link !== null && link.ring.freeSpace() < MAX_SEGMENTS_PER_READ) return false;
   }
   return true;
 }
@@ -447,10 +447,10 @@ try {
     for (let j = 0; j < workerCount; j++) {
       const link = end.fromWorkers[j];
       if (link === null) continue;
-      const popped = link!.ring.popBatch(poppedSlots);
+      const popped = link.ring.popBatch(poppedSlots);
       for (let i = 0; i < popped; i++) {
         const slot = poppedSlots[i]!;
-        encryptSlot(link!.slab.peerId(slot), j, slot, link!.slab.payloadLength(slot));
+        encryptSlot(link.slab.peerId(slot), j, slot, link.slab.payloadLength(slot));
       }
       outbound += popped;
       ringEntries += popped;
@@ -479,7 +479,9 @@ try {
   }
 } catch (error) {
   // EBADFD: the interface was deleted under us; the control thread sees it too and shuts down.
-  notifyControl({ kind: 'fatal', thread: threadName, message: error instanceof SyscallError ? error.message : String(error) });
+  // Anything else is a bug: the thread fails and the control thread logs it with its stack.
+  if (!(error instanceof SyscallError)) throw error;
+  notifyControl({ kind: 'fatal', thread: threadName, message: error.message });
 }
 flushCoalesced();
 flushSends();
