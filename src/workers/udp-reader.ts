@@ -18,7 +18,8 @@ import { CHANNEL_DATA_HEADER_BYTES } from '../ice/turn.ts';
 import { STUN_MAGIC_COOKIE } from '../ice/stun.ts';
 import { Buffer } from 'node:buffer';
 import { waitReadable } from '../io/libc.ts';
-import { DatagramMeta, META_BYTES, META_LOCAL_ADDRESS_BYTE, META_REMOTE_ADDRESS_BYTE, UdpSocket } from '../io/udp.ts';
+import { DatagramMeta, UdpSocket } from '../io/udp.ts';
+import { storeReceivedAddresses } from './slot-addresses.ts';
 import { CommandInbox, DropReporter, notifyControl, threadInit } from './thread-support.ts';
 import { warmUdpReaderPaths } from './warmup.ts';
 
@@ -208,24 +209,11 @@ function dispatch(i: number, slot: number): boolean {
     fabric.pool.release(slot);
     return true;
   }
-  setAddresses(slot, i);
+  storeReceivedAddresses(meta, i, slab, slot);
   const segmentSize = meta.segmentSize(i);
   if (segmentSize > 0) return dispatchSegments(slot, i, length, segmentSize);
   dispatchDatagram(slot, length);
   return true;
-}
-
-function setAddresses(slot: number, i: number): void {
-  slab.setRemote(slot, meta.remoteFamily(i), meta.remotePort(i));
-  // An all-zero local address means no pktinfo arrived: the kernel picks the reply's source.
-  slab.setLocalIfindex(slot, meta.localIfindex(i));
-  const remote = slab.remoteAddressView(slot);
-  const local = slab.localAddressView(slot);
-  const base = i * META_BYTES;
-  for (let k = 0; k < 16; k++) {
-    remote[k] = meta.bytes[base + META_REMOTE_ADDRESS_BYTE + k]!;
-    local[k] = meta.localFamily(i) === 0 ? 0 : meta.bytes[base + META_LOCAL_ADDRESS_BYTE + k]!;
-  }
 }
 
 function dispatchDatagram(slot: number, length: number): void {
@@ -258,7 +246,7 @@ function dispatchSegments(slot: number, i: number, length: number, size: number)
     }
     const start = base + segment * size;
     slabBytes.copy(slabBytes, slab.payloadView(copy).byteOffset, start, start + size);
-    setAddresses(copy, i);
+    storeReceivedAddresses(meta, i, slab, copy);
     dispatchDatagram(copy, size);
   }
   const lastStart = segment * size;

@@ -17,7 +17,8 @@ import type { AeadBackend } from '../wireguard/aead.ts';
 import { AllowedIps } from '../wireguard/allowedips.ts';
 import { shardOfIndex } from '../wireguard/indexes.ts';
 import { transportReceiverIndex } from '../wireguard/transport.ts';
-import { DatagramMeta, META_LOCAL_ADDRESS_BYTE, META_REMOTE_ADDRESS_BYTE } from '../io/udp.ts';
+import { DatagramMeta } from '../io/udp.ts';
+import { storeReceivedAddresses } from './slot-addresses.ts';
 import { PEER_RECORD_F64S, SLOT_PLAINTEXT_OFFSET } from '../ring/layout.ts';
 import { STAGED_QUEUE_SIZE } from '../wireguard/constants.ts';
 import { DEFAULT_SPIN_MICROS, Doorbell, waitForWork } from '../ring/doorbell.ts';
@@ -206,14 +207,7 @@ export function warmUdpReaderPaths(shardCount: number, rounds: number = WARMUP_R
   let routed = 0;
   for (let round = 0; round < rounds; round++) {
     slab.setPayloadLength(0, meta.length(0));
-    slab.setRemote(0, meta.remoteFamily(0), meta.remotePort(0));
-    slab.setLocalIfindex(0, meta.localIfindex(0));
-    const remote = slab.remoteAddressView(0);
-    const local = slab.localAddressView(0);
-    for (let k = 0; k < 16; k++) {
-      remote[k] = meta.bytes[META_REMOTE_ADDRESS_BYTE + k]!;
-      local[k] = meta.localFamily(0) === 0 ? 0 : meta.bytes[META_LOCAL_ADDRESS_BYTE + k]!;
-    }
+    storeReceivedAddresses(meta, 0, slab, 0);
     // The receiver index is little-endian at bytes 4..7 (whitepaper §5.4.6); every other one is at
     // or above 2^31, a double to V8, as half of the real ones are.
     payload[4] = round & 0xff;

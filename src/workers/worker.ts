@@ -19,7 +19,8 @@ import { createEventFd } from '../io/libc.ts';
 import { MESSAGE_TRANSPORT, MESSAGE_TRANSPORT_MIN_SIZE } from '../wireguard/constants.ts';
 import { aeadBackend } from '../wireguard/aead.ts';
 import type { Endpoint } from '../wireguard/endpoint.ts';
-import { DatagramMeta, META_BYTES, META_LOCAL_ADDRESS_BYTE, META_REMOTE_ADDRESS_BYTE, UdpSocket, sourceMayBeStale } from '../io/udp.ts';
+import { DatagramMeta, UdpSocket, sourceMayBeStale } from '../io/udp.ts';
+import { storeReceivedAddresses } from './slot-addresses.ts';
 import { CHANNEL_DATA_HEADER_BYTES, writeChannelDataHeader } from '../ice/turn.ts';
 import { TUN_VNET_HDR_SIZE, tunWrite } from '../io/tun.ts';
 import { Coalescer } from './offload.ts';
@@ -390,16 +391,7 @@ function receiveDirect(): number {
       continue;
     }
     directSlab.setPayloadLength(i, length);
-    directSlab.setRemote(i, directMeta.remoteFamily(i), directMeta.remotePort(i));
-    directSlab.setLocalIfindex(i, directMeta.localIfindex(i));
-    const remote = directSlab.remoteAddressView(i);
-    const local = directSlab.localAddressView(i);
-    const base = i * META_BYTES;
-    const hasLocal = directMeta.localFamily(i) !== 0;
-    for (let k = 0; k < 16; k++) {
-      remote[k] = directMeta.bytes[base + META_REMOTE_ADDRESS_BYTE + k]!;
-      local[k] = hasLocal ? directMeta.bytes[base + META_LOCAL_ADDRESS_BYTE + k]! : 0;
-    }
+    storeReceivedAddresses(directMeta, i, directSlab, i);
     decryptInto(directSlab, i);
   }
   return received;
