@@ -78,7 +78,6 @@ export class AllowedIps {
     return this.#size;
   }
 
-  /** Trie nodes in use, glue included: at most 2 * size - 1 (for memory reports and tests). */
   /**
    * Changes whenever a prefix is routed to a peer or removed: a lookup result remembered together
    * with the generation it was made in stays valid while the generation is the same.
@@ -87,6 +86,7 @@ export class AllowedIps {
     return this.#generation;
   }
 
+  /** Trie nodes in use, glue included: at most 2 * size - 1 (for memory reports and tests). */
   get nodeCount(): number {
     return this.#usedNodes - this.#freeNodes;
   }
