@@ -23,7 +23,7 @@ import { Segmenter, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, Virtio
 export const MAX_SEGMENTS_PER_READ = 64;
 
 export class TunIntake {
-  readonly drops = { noRoute: 0, notIp: 0, noFreeSlot: 0, badOffload: 0 };
+  readonly drops = { noRoute: 0, notIp: 0, noFreeSlot: 0, badOffload: 0, tooManySegments: 0 };
   /**
    * What the last readOnce brought, packet k at index k: its slot (now the caller's, with payload
    * length and peer id set), its peer and its IP length.
@@ -92,8 +92,11 @@ export class TunIntake {
       }
       return this.#list(slot, length);
     }
-    const segments = this.#segmenter.begin(this.#bytes, at, length, header);
-    if (segments < 0) return this.#dropOffloaded(slot);
+    const cut = this.#segmenter.begin(this.#bytes, at, length, header);
+    if (cut < 0) return this.#dropOffloaded(slot);
+    // The kernel's segment size follows the MTU, so a real super-packet stays within the bound.
+    const segments = Math.min(cut, MAX_SEGMENTS_PER_READ);
+    this.drops.tooManySegments += cut - segments;
     for (let k = 0; k < segments; k++) {
       const segment = this.#pool.allocate();
       if (segment < 0) {

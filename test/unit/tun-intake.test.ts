@@ -9,7 +9,7 @@ import { TUN_VNET_HDR_SIZE } from '../../src/io/tun.ts';
 import { SLOT_PLAINTEXT_OFFSET } from '../../src/ring/layout.ts';
 import { Slab, SlotPool } from '../../src/ring/slab.ts';
 import { AllowedIps } from '../../src/wireguard/allowedips.ts';
-import { TunIntake } from '../../src/workers/tun-intake.ts';
+import { MAX_SEGMENTS_PER_READ, TunIntake } from '../../src/workers/tun-intake.ts';
 
 const SLOTS = 8;
 
@@ -36,14 +36,15 @@ function ipv6(lastByte: number, length = 80): Uint8Array {
 }
 
 /** Runs `body` with an intake (offloads on or off) reading a fresh socket pair, then closes it. */
-function withIntake(vnetHeader: boolean, body: (intake: TunIntake, write: (packet: Uint8Array) => void, pool: SlotPool) => void): void {
+function withIntake(vnetHeader: boolean, body: (intake: TunIntake, write: (packet: Uint8Array) => void, pool: SlotPool) => void,
+  slots = SLOTS): void {
   const pair = new Int32Array(2);
   assert.equal(libc.socketpair(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair), 0);
   const routes = new AllowedIps();
   routes.insert(Uint8Array.of(10, 0, 0, 0), 8, 3);
   routes.insert(Uint8Array.of(10, 9, 0, 0), 16, 5);
   routes.insert(Uint8Array.of(0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7), 128, 4);
-  const pool = new SlotPool(Slab.create(SLOTS), []);
+  const pool = new SlotPool(Slab.create(slots), []);
   const intake = new TunIntake(pair[0]!, pool, routes, vnetHeader);
   try {
     body(intake, (packet) => assert.equal(libc.write(pair[1]!, packet, packet.length), packet.length), pool);
@@ -72,7 +73,7 @@ test('packets are listed in their slots with the peer their destination routes t
     }
     assert.equal(intake.readOnce(), -1, 'an empty queue');
     assert.equal(pool.available, SLOTS, 'no slot kept');
-    assert.deepEqual(intake.drops, { noRoute: 0, notIp: 0, noFreeSlot: 0, badOffload: 0 });
+    assert.deepEqual(intake.drops, { noRoute: 0, notIp: 0, noFreeSlot: 0, badOffload: 0, tooManySegments: 0 });
   });
 });
 
@@ -85,7 +86,7 @@ test('packets for no peer, non-IP bytes and truncated headers are dropped, count
     write(ipv6(7).subarray(0, 39));
     for (let k = 0; k < 5; k++) assert.equal(intake.readOnce(), 0);
     assert.equal(intake.readOnce(), -1);
-    assert.deepEqual(intake.drops, { noRoute: 2, notIp: 3, noFreeSlot: 0, badOffload: 0 });
+    assert.deepEqual(intake.drops, { noRoute: 2, notIp: 3, noFreeSlot: 0, badOffload: 0, tooManySegments: 0 });
     assert.equal(pool.available, SLOTS);
   });
 });
@@ -106,7 +107,36 @@ test('with offloads on, a plain packet behind its virtio header is listed; a hea
     write(framed.subarray(0, TUN_VNET_HDR_SIZE - 1));
     assert.equal(intake.readOnce(), 0);
     assert.equal(intake.readOnce(), 0);
-    assert.deepEqual(intake.drops, { noRoute: 0, notIp: 0, noFreeSlot: 0, badOffload: 2 });
+    assert.deepEqual(intake.drops, { noRoute: 0, notIp: 0, noFreeSlot: 0, badOffload: 2, tooManySegments: 0 });
     assert.equal(pool.available, SLOTS);
   });
+});
+
+test('a UDP super-packet is cut into its datagrams; past MAX_SEGMENTS_PER_READ of them the rest are dropped and counted', () => {
+  withIntake(true, (intake, write, pool) => {
+    const cases: Array<[number, number]> = [[10, 100], [8, MAX_SEGMENTS_PER_READ * 8 + 40]];
+    for (const [segmentSize, payloadLength] of cases) {
+      const packet = ipv4([10, 3, 3, 3], 28 + payloadLength);
+      packet[24] = (8 + payloadLength) >> 8; // UDP length
+      packet[25] = (8 + payloadLength) & 0xff;
+      const framed = new Uint8Array(TUN_VNET_HDR_SIZE + packet.length);
+      // flags NEEDS_CSUM, gso_type UDP_L4, header length 28, gso_size, csum_start 20, csum_offset 6
+      framed.set([1, 5, 28, 0, segmentSize, 0, 20, 0, 6, 0]);
+      framed.set(packet, TUN_VNET_HDR_SIZE);
+      write(framed);
+      const count = intake.readOnce();
+      const total = Math.ceil(payloadLength / segmentSize);
+      assert.equal(count, Math.min(total, MAX_SEGMENTS_PER_READ));
+      for (let k = 0; k < count; k++) {
+        const { peer, bytes } = listed(intake, pool, k);
+        assert.equal(peer, 3);
+        const size = Math.min(segmentSize, payloadLength - k * segmentSize);
+        assert.equal(bytes.length, 28 + size);
+        assert.deepEqual(bytes.subarray(28), packet.subarray(28 + k * segmentSize, 28 + k * segmentSize + size), `datagram ${k}'s payload`);
+        pool.release(intake.slots[k]!);
+      }
+      assert.equal(pool.available, MAX_SEGMENTS_PER_READ + 2, 'every slot back, the read slot included');
+    }
+    assert.equal(intake.drops.tooManySegments, Math.ceil((MAX_SEGMENTS_PER_READ * 8 + 40) / 8) - MAX_SEGMENTS_PER_READ);
+  }, MAX_SEGMENTS_PER_READ + 2);
 });
