@@ -107,6 +107,7 @@ export function warmWorkerPaths(aead: AeadBackend, mtu: number, source: Datagram
   datapath.routes.insert(V4_SOURCE, 32, SCRATCH_PEER);
   datapath.routes.insert(V6_SOURCE, 128, SCRATCH_PEER);
   const meta = new DatagramMeta(1);
+  const received = Slab.create(1);
   const coalescer = new Coalescer(true);
   const peerOut = new Int32Array(1);
   let intact = 0;
@@ -119,8 +120,10 @@ export function warmWorkerPaths(aead: AeadBackend, mtu: number, source: Datagram
     const endpoint = datapath.endpointOf(SCRATCH_PEER)!;
     meta.setLength(0, datagramLength);
     meta.setRemote(0, endpoint.family, endpoint.address, endpoint.port);
-    if (endpoint.localAddress === null) meta.clearLocal(0);
-    else meta.setLocal(0, endpoint.family, endpoint.localAddress, endpoint.localIfindex);
+    // Datagrams arrive with a local address (pktinfo) or, rarely, without: both branches run.
+    if ((round & 1) === 0) meta.clearLocal(0);
+    else meta.setLocal(0, 4, V4_DESTINATION, 1);
+    storeReceivedAddresses(meta, 0, received, 0);
     const length = datapath.decrypt(payload, datagramLength, source, now, peerOut);
     if (length === ipLength && payload[SLOT_PLAINTEXT_OFFSET] === (version === 4 ? 0x45 : 0x60)) intact++;
     if (length > 0 && !coalescer.add(payload, SLOT_PLAINTEXT_OFFSET, length) && coalescer.pending) coalescer.finish();
@@ -207,6 +210,8 @@ export function warmUdpReaderPaths(shardCount: number, rounds: number = WARMUP_R
   let routed = 0;
   for (let round = 0; round < rounds; round++) {
     slab.setPayloadLength(0, meta.length(0));
+    if ((round & 1) === 0) meta.clearLocal(0);
+    else meta.setLocal(0, 4, V4_DESTINATION, 1);
     storeReceivedAddresses(meta, 0, slab, 0);
     // The receiver index is little-endian at bytes 4..7 (whitepaper §5.4.6); every other one is at
     // or above 2^31, a double to V8, as half of the real ones are.

@@ -290,10 +290,19 @@ function readTun(): number {
 
 // ---- receiving ----------------------------------------------------------------------------------
 
-/** The datagram in the slot being decrypted, seen as a DatagramSource (one reusable object). */
+/**
+ * The datagram in the slot being decrypted, seen as a DatagramSource: one reusable object per slab
+ * (the UDP reader's, and the worker's own for direct receives). Its slab never changes: a field
+ * that took a second value would make V8 drop the optimized code that relied on it, on the first
+ * real packet.
+ */
 class SlotSource implements DatagramSource {
-  slab: Slab = end.fromUdp.slab;
+  readonly slab: Slab;
   slot = 0;
+
+  constructor(slab: Slab) {
+    this.slab = slab;
+  }
 
   matches(endpoint: Endpoint | null): boolean {
     if (endpoint === null) return false;
@@ -331,18 +340,24 @@ function isZero(bytes: Uint8Array): boolean {
   return true;
 }
 
-const source = new SlotSource();
+/**
+ * Private slots for direct receives: each batch is decrypted and written before the next receive,
+ * so the same BATCH slots are posted again every time (the coalescer copies what it keeps).
+ */
+const directSlab = new Slab(createSlabBuffer(BATCH));
+const relayedSource = new SlotSource(end.fromUdp.slab);
+const directSource = new SlotSource(directSlab);
 const peerOut = new Int32Array(1);
 
 function decryptSlot(link: InboundLink, slot: number): void {
-  decryptInto(link.slab, slot);
+  decryptInto(relayedSource, slot);
   returnSlot(link, slot);
 }
 
-/** Decrypts the transport message in `slot` of `slab` and writes (or coalesces) it to the TUN. */
-function decryptInto(slab: Slab, slot: number): void {
+/** Decrypts the transport message in `slot` of `source`'s slab and writes (or coalesces) it to the TUN. */
+function decryptInto(source: SlotSource, slot: number): void {
+  const slab = source.slab;
   const payload = slab.payloadView(slot);
-  source.slab = slab;
   source.slot = slot;
   const length = datapath.decrypt(payload, slab.payloadLength(slot), source, now, peerOut);
   if (length > 0) {
@@ -364,11 +379,6 @@ function decryptInto(slab: Slab, slot: number): void {
 
 // ---- receiving on the worker's own socket ------------------------------------------------------
 
-/**
- * Private slots for direct receives: each batch is decrypted and written before the next receive,
- * so the same BATCH slots are posted again every time (the coalescer copies what it keeps).
- */
-const directSlab = new Slab(createSlabBuffer(BATCH));
 const directViews: Uint8Array[] = Array.from({ length: BATCH }, (_, k) => directSlab.payloadView(k));
 const directMeta = new DatagramMeta(BATCH);
 const eventFd = createEventFd();
@@ -392,7 +402,7 @@ function receiveDirect(): number {
     }
     directSlab.setPayloadLength(i, length);
     storeReceivedAddresses(directMeta, i, directSlab, i);
-    decryptInto(directSlab, i);
+    decryptInto(directSource, i);
   }
   return received;
 }
@@ -424,7 +434,7 @@ function applyCommand(command: WorkerCommand): void {
   applyWorkerCommand(datapath, command, effects);
 }
 
-warmWorkerPaths(aeadBackend(), init.mtu, source, monotonicNow());
+warmWorkerPaths(aeadBackend(), init.mtu, directSource, monotonicNow());
 warmTunIntakePaths();
 notifyControl({ kind: 'ready', thread: threadName });
 /** The last turn that found work found some of it on a ring (see the wait below). */
