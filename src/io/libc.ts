@@ -227,7 +227,7 @@ export function closeFd(fd: number): void {
   if (libc.close(fd) < 0 && koffi.errno() !== EINTR) throwErrno('close');
 }
 
-// Two pollfds per thread for waitReadable: module state is per isolate, so threads never share it.
+// Three pollfds per thread for waitReadable: module state is per isolate, so threads never share it.
 const pollFds = new Int32Array(6); // 3 × { int fd; short events; short revents; }
 const pollShorts = new Int16Array(pollFds.buffer);
 const eventCounter = new BigUint64Array(1);

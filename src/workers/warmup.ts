@@ -153,14 +153,13 @@ export function warmWaitPaths(rounds: number = WARMUP_ROUNDS): number {
 }
 
 /**
- * A worker's TUN intake (tun-intake.ts): slot traffic (warmRingPaths), then IPv4 and IPv6 packets
- * read with the real TunIntake from a scratch datagram socket pair standing in for the TUN queue
+ * A worker's TUN intake (tun-intake.ts), after warmWorkerPaths (which warms the slot traffic): IPv4
+ * and IPv6 packets read with the real TunIntake from a scratch datagram socket pair standing in for the TUN queue
  * (its reads keep packet boundaries as a TUN queue's do), plain and behind an all-zero virtio
  * header, routed by destination to the scratch peer, listed and given back. Returns how many
  * were listed for the scratch peer (all of them, or a bug).
  */
 export function warmTunIntakePaths(rounds: number = WARMUP_ROUNDS): number {
-  warmRingPaths(rounds);
   const routes = new AllowedIps();
   routes.insert(V4_DESTINATION, 32, SCRATCH_PEER);
   routes.insert(V6_DESTINATION, 128, SCRATCH_PEER);
