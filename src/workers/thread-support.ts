@@ -58,10 +58,12 @@ export class DropReporter {
   }
 
   private report(counts: Readonly<Record<string, number>>, now: number, force: boolean): void {
+    // The next look comes an interval later whether or not this one reports: a thread whose
+    // counters did not change must not gather them again on every turn.
+    this.lastReportAt = now;
     let total = 0;
     for (const key in counts) total += counts[key] ?? 0;
     if (total === this.lastTotal && !force) return;
-    this.lastReportAt = now;
     this.lastTotal = total;
     notifyControl({ kind: 'drops', thread: this.thread, counts: { ...counts } });
   }
