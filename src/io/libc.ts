@@ -227,19 +227,25 @@ export function closeFd(fd: number): void {
   if (libc.close(fd) < 0 && koffi.errno() !== EINTR) throwErrno('close');
 }
 
-// Three pollfds per thread for waitReadable: module state is per isolate, so threads never share it.
+// Three pollfds per thread for pollReadable: module state is per isolate, so threads never share it.
 const pollFds = new Int32Array(6); // 3 × { int fd; short events; short revents; }
 const pollShorts = new Int16Array(pollFds.buffer);
 const eventCounter = new BigUint64Array(1);
 
+/** pollReadable's result bits: `fd` is ready, `alsoFd` is ready (0: neither). */
+export const READABLE_FD = 1;
+export const READABLE_ALSO_FD = 2;
+
 /**
  * Waits until `fd` or `alsoFd` (-1 for none) is readable (or has an error or hang-up to report,
  * which the next read returns), `wakeFd` (an eventfd, -1 for none) is signalled, or `timeoutMs`
- * passes (-1: forever). Returns true only when `fd` or `alsoFd` is ready; a signal on `wakeFd` is
+ * passes (-1: forever). Returns which of `fd` and `alsoFd` are ready (READABLE_FD and
+ * READABLE_ALSO_FD bits), so that a caller with two descriptors reads only the ready one: a read
+ * that finds nothing still costs a syscall, and after a sleep a cold one. A signal on `wakeFd` is
  * consumed here. A thread uses the wake descriptor to learn of commands or ring entries at once
  * instead of at its next timeout. Throws SyscallError for a closed fd.
  */
-export function waitReadable(fd: number, timeoutMs: number, wakeFd = -1, alsoFd = -1): boolean {
+export function pollReadable(fd: number, timeoutMs: number, wakeFd = -1, alsoFd = -1): number {
   // pollfd k: fd at int32 2k, events and revents at int16 4k + 2 and 4k + 3. A negative fd is
   // ignored by poll(2), so the array always holds all three.
   pollFds[0] = fd;
@@ -251,16 +257,21 @@ export function waitReadable(fd: number, timeoutMs: number, wakeFd = -1, alsoFd 
   }
   const ready = libc.poll(pollFds, 3, timeoutMs);
   if (ready < 0) {
-    if (koffi.errno() === EINTR) return false;
+    if (koffi.errno() === EINTR) return 0;
     throwErrno('poll');
   }
-  if (ready === 0) return false;
+  if (ready === 0) return 0;
   if (wakeFd >= 0 && (pollShorts[7] ?? 0) !== 0) libc.read(wakeFd, eventCounter, 8);
   const revents = pollShorts[3] ?? 0;
   const alsoRevents = pollShorts[11] ?? 0;
   if ((revents & POLLNVAL) !== 0) throw new SyscallError('poll', EBADF, `fd ${fd} is not open`);
   if ((alsoRevents & POLLNVAL) !== 0) throw new SyscallError('poll', EBADF, `fd ${alsoFd} is not open`);
-  return revents !== 0 || alsoRevents !== 0;
+  return (revents !== 0 ? READABLE_FD : 0) | (alsoRevents !== 0 ? READABLE_ALSO_FD : 0);
+}
+
+/** pollReadable for a caller that only needs to know whether `fd` or `alsoFd` is ready. */
+export function waitReadable(fd: number, timeoutMs: number, wakeFd = -1, alsoFd = -1): boolean {
+  return pollReadable(fd, timeoutMs, wakeFd, alsoFd) !== 0;
 }
 
 /** A non-blocking eventfd(2): what a thread can poll(2) on to be woken by another thread. */

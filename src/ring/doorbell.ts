@@ -13,7 +13,7 @@
 // A producer rings once per batch it publishes, not once per entry.
 
 import { DOORBELL_COUNTER_WORD, DOORBELL_EVENT_FD_WORD, DOORBELL_SIZE, DOORBELL_SLEEPING_WORD } from './layout.ts';
-import { signalEventFd, waitReadable } from '../io/libc.ts';
+import { pollReadable, signalEventFd } from '../io/libc.ts';
 
 /** `sleeping` values: awake, waiting on the counter (Atomics.wait), waiting in poll(2). */
 const SLEEPING_ON_COUNTER = 1;
@@ -127,14 +127,17 @@ export function waitForWork(
   return result === 'timed-out' ? 'timed-out' : 'rung';
 }
 
+/** waitForWorkOrReadable's result bit beside pollReadable's READABLE_FD and READABLE_ALSO_FD. */
+export const RINGS_READY = 4;
+
 /**
  * waitForWork for a consumer that also reads descriptors of its own (`fd` and `alsoFd`, -1 for
  * none): after the spin it sleeps in poll(2) on them and the doorbell's eventfd (set with
  * `useEventFd`), so a datagram, a packet or a producer's ring wakes it. The same Dekker handshake
  * as above, with the eventfd in place of the futex; an eventfd write that lands after the consumer
- * woke only makes its next poll return early. Returns 'work' when a descriptor is readable,
- * 'rung' when the rings hold work, else 'timed-out' (also after a ring that brought no work, e.g.
- * a wake-up to poll a rebound socket).
+ * woke only makes its next poll return early. Returns what is ready, as bits: READABLE_FD and
+ * READABLE_ALSO_FD (libc.ts) for the descriptors, RINGS_READY when the rings hold work; 0 when the
+ * timeout passed (also after a ring that brought no work, e.g. a wake-up to poll a rebound socket).
  */
 export function waitForWorkOrReadable(
   doorbell: Doorbell,
@@ -144,18 +147,17 @@ export function waitForWorkOrReadable(
   timeoutMs: number,
   hasWork: () => boolean,
   spinMicros: number = DEFAULT_SPIN_MICROS,
-): WakeReason {
-  if (spinForWork(hasWork, spinMicros)) return 'work';
+): number {
+  if (spinForWork(hasWork, spinMicros)) return RINGS_READY;
   doorbell.announceSleep(true);
   if (hasWork()) {
     doorbell.wake();
-    return 'work';
+    return RINGS_READY;
   }
-  const readable = waitReadable(fd, timeoutMs, eventFd, alsoFd);
+  const readable = pollReadable(fd, timeoutMs, eventFd, alsoFd);
   doorbell.wake();
   // poll(2) does not tell a timeout from an eventfd write that raced it: the rings decide.
-  if (readable) return 'work';
-  return hasWork() ? 'rung' : 'timed-out';
+  return hasWork() ? readable | RINGS_READY : readable;
 }
 
 /**

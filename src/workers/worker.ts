@@ -15,7 +15,7 @@ import { attachWorker, returnSlot, type InboundLink } from '../ring/fabric.ts';
 import { SLOT_PLAINTEXT_OFFSET } from '../ring/layout.ts';
 import { DEFAULT_SPIN_MICROS, waitForWork, waitForWorkOrReadable } from '../ring/doorbell.ts';
 import { Slab, createSlabBuffer } from '../ring/slab.ts';
-import { createEventFd } from '../io/libc.ts';
+import { READABLE_ALSO_FD, READABLE_FD, createEventFd } from '../io/libc.ts';
 import { MESSAGE_TRANSPORT, MESSAGE_TRANSPORT_MIN_SIZE } from '../wireguard/constants.ts';
 import { aeadBackend } from '../wireguard/aead.ts';
 import type { Endpoint } from '../wireguard/endpoint.ts';
@@ -439,46 +439,95 @@ warmTunIntakePaths();
 notifyControl({ kind: 'ready', thread: threadName });
 /** The last turn that found work found some of it on a ring (see the wait below). */
 let ringsBusy = false;
-try {
-  while (running) {
-    now = monotonicNow();
-    inbox.drain(applyCommand);
-    end.pool.reclaim();
-    let outbound = readTun();
-    let ringEntries = 0;
-    for (let j = 0; j < workerCount; j++) {
-      const link = end.fromWorkers[j];
-      if (link === null) continue;
-      const popped = link.ring.popBatch(poppedSlots);
-      for (let i = 0; i < popped; i++) {
-        const slot = poppedSlots[i]!;
-        encryptSlot(link.slab.peerId(slot), j, slot, link.slab.payloadLength(slot));
-      }
-      outbound += popped;
-      ringEntries += popped;
-    }
-    flushSends();
-    let inbound = end.fromUdp.ring.popBatch(poppedSlots);
-    for (let i = 0; i < inbound; i++) decryptSlot(end.fromUdp, poppedSlots[i]!);
-    ringEntries += inbound;
-    inbound += receiveDirect();
-    // An open TCP group stays open while datagrams keep coming (the rest of a sender's GSO run may
-    // be one receive behind); it is written once a turn finds nothing more, before any sleep.
-    if (inbound === 0) flushCoalesced();
-    flushSends();
-    reporter.maybeReport(allDrops, now);
-    if (outbound !== 0 || inbound !== 0) {
-      ringsBusy = ringEntries !== 0;
-      continue;
-    }
-    // Nothing came: sleep until a datagram, a TUN packet, a ring entry or a command arrives; while
-    // the other workers' rings are too full to take another read, only briefly, on the rings.
-    // Spinning first pays only when rings bring work (it saves the producer a wake-up call);
-    // datagrams and TUN packets are seen by poll(2) alone, so otherwise the spin only burns CPU
-    // that the other threads on the machine could use.
-    if (tunBlocked) waitForWork(end.doorbell, BACKPRESSURE_WAIT_MS, hasWork);
-    else if (tunDrained) waitForWorkOrReadable(end.doorbell, eventFd, socket.fd, tunFd, IDLE_WAIT_MS, hasWork, ringsBusy ? DEFAULT_SPIN_MICROS : 0);
+/**
+ * What the last sleep in poll(2) found ready, and whether this turn follows such a sleep. A turn
+ * after a sleep (light traffic: the worker sleeps between packets) reads only the descriptors that
+ * are ready, and once it has drained what it read it goes back to poll(2), which returns at once if
+ * more came, instead of turning twice more through reads that find nothing. Busy turns, which do
+ * not follow a sleep, read everything until empty. Measured with iperf3 UDP at 100 Mbit/s through
+ * a ztgate pair: CPU per GB 13.6/12.2 s (sender/receiver) → 10.6/10.4 s; ping RTT unchanged.
+ */
+let afterSleep = false;
+let tunReady = true;
+let socketReady = true;
+/**
+ * One turn of the loop: commands, the TUN queue, the rings, the socket, then a sleep if nothing
+ * came. A function rather than the body of a loop at the top level of this module, so that V8
+ * compiles it as it does any hot function instead of running it as baseline code until on-stack
+ * replacement.
+ */
+function turn(): void {
+  now = monotonicNow();
+  inbox.drain(applyCommand);
+  end.pool.reclaim();
+  let outbound = 0;
+  if (tunReady) outbound = readTun();
+  else {
+    tunDrained = true;
+    tunBlocked = false;
   }
+  let ringEntries = 0;
+  let ringsDrained = true;
+  for (let j = 0; j < workerCount; j++) {
+    const link = end.fromWorkers[j];
+    if (link === null) continue;
+    const popped = link.ring.popBatch(poppedSlots);
+    for (let i = 0; i < popped; i++) {
+      const slot = poppedSlots[i]!;
+      encryptSlot(link.slab.peerId(slot), j, slot, link.slab.payloadLength(slot));
+    }
+    outbound += popped;
+    ringEntries += popped;
+    if (popped === BATCH) ringsDrained = false;
+  }
+  flushSends();
+  let inbound = end.fromUdp.ring.popBatch(poppedSlots);
+  for (let i = 0; i < inbound; i++) decryptSlot(end.fromUdp, poppedSlots[i]!);
+  ringEntries += inbound;
+  if (inbound === BATCH) ringsDrained = false;
+  const received = socketReady ? receiveDirect() : 0;
+  inbound += received;
+  const light = afterSleep && tunDrained && ringsDrained && received < BATCH;
+  // An open TCP group stays open while datagrams keep coming (the rest of a sender's GSO run may
+  // be one receive behind); it is written once a turn finds nothing more, before any sleep.
+  if (inbound === 0 || light) flushCoalesced();
+  flushSends();
+  reporter.maybeReport(allDrops, now);
+  if (light && inbound !== 0) {
+    // What this turn wrote to the TUN may have been answered already (the kernel runs a local
+    // service's reply, a ping's say, inside the write): read the queue before sleeping.
+    tunReady = true;
+    socketReady = false;
+    return;
+  }
+  if ((outbound !== 0 || inbound !== 0) && !light) {
+    ringsBusy = ringEntries !== 0;
+    afterSleep = false;
+    tunReady = true;
+    socketReady = true;
+    return;
+  }
+  if (light) ringsBusy = ringEntries !== 0;
+  // Nothing came: sleep until a datagram, a TUN packet, a ring entry or a command arrives; while
+  // the other workers' rings are too full to take another read, only briefly, on the rings.
+  // Spinning first pays only when rings bring work (it saves the producer a wake-up call);
+  // datagrams and TUN packets are seen by poll(2) alone, so otherwise the spin only burns CPU
+  // that the other threads on the machine could use.
+  if (tunBlocked) {
+    waitForWork(end.doorbell, BACKPRESSURE_WAIT_MS, hasWork);
+    afterSleep = false;
+    tunReady = true;
+    socketReady = true;
+  } else {
+    const ready = waitForWorkOrReadable(end.doorbell, eventFd, socket.fd, tunFd, IDLE_WAIT_MS, hasWork, ringsBusy ? DEFAULT_SPIN_MICROS : 0);
+    afterSleep = true;
+    socketReady = (ready & READABLE_FD) !== 0;
+    tunReady = (ready & READABLE_ALSO_FD) !== 0;
+  }
+}
+
+try {
+  while (running) turn();
 } catch (error) {
   // EBADFD: the interface was deleted under us; the control thread sees it too and shuts down.
   // Anything else is a bug: the thread fails and the control thread logs it with its stack.

@@ -2,9 +2,9 @@
 // or reordered, wake-ups that arrive, and an idle consumer that costs (almost) no CPU.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Doorbell, waitForWorkAsync } from '../../src/ring/doorbell.ts';
+import { Doorbell, RINGS_READY, waitForWorkAsync } from '../../src/ring/doorbell.ts';
 import { Ring } from '../../src/ring/ring.ts';
-import { closeFd, createEventFd, signalEventFd } from '../../src/io/libc.ts';
+import { READABLE_ALSO_FD, READABLE_FD, closeFd, createEventFd, signalEventFd } from '../../src/io/libc.ts';
 import { runJob } from './ring-helpers.ts';
 
 interface ConsumerResult {
@@ -65,14 +65,15 @@ test('a sleeping worker wakes when a producer pushes and rings', async () => {
   assert.equal(doorbell.rings, 1);
 });
 
-for (const wakeBy of ['a ring', 'its descriptor'] as const) {
-  test(`a worker sleeping in poll(2) on a descriptor and its doorbell wakes on ${wakeBy}`, async () => {
+for (const wakeBy of ['a ring', 'its first descriptor', 'its second descriptor'] as const) {
+  test(`a worker sleeping in poll(2) on two descriptors and its doorbell wakes on ${wakeBy}, and says which`, async () => {
     const ring = Ring.create(8);
     const doorbell = Doorbell.create();
     const pollFd = createEventFd();
+    const alsoPollFd = createEventFd();
     try {
-      const result = runJob<{ reason: string; elapsedMs: number; value: number | undefined; sleepingAfter: boolean }>(
-        { kind: 'wake-in-poll', ring: ring.buffer, doorbell: doorbell.buffer, pollFd, timeoutMs: 10_000 },
+      const result = runJob<{ ready: number; elapsedMs: number; value: number | undefined; sleepingAfter: boolean }>(
+        { kind: 'wake-in-poll', ring: ring.buffer, doorbell: doorbell.buffer, pollFd, alsoPollFd, timeoutMs: 10_000 },
         15_000,
       );
       const deadline = performance.now() + 5_000;
@@ -82,14 +83,16 @@ for (const wakeBy of ['a ring', 'its descriptor'] as const) {
       if (wakeBy === 'a ring') {
         assert.equal(ring.push(1234), true);
         doorbell.ring();
-      } else signalEventFd(pollFd);
+      } else signalEventFd(wakeBy === 'its first descriptor' ? pollFd : alsoPollFd);
       const woke = await result;
-      assert.equal(woke.reason, wakeBy === 'a ring' ? 'rung' : 'work');
+      const expected = { 'a ring': RINGS_READY, 'its first descriptor': READABLE_FD, 'its second descriptor': READABLE_ALSO_FD }[wakeBy];
+      assert.equal(woke.ready, expected);
       if (wakeBy === 'a ring') assert.equal(woke.value, 1234);
       assert.equal(woke.sleepingAfter, false);
       assert.ok(woke.elapsedMs < 5_000, `woke after ${woke.elapsedMs} ms, long before its 10 s timeout`);
     } finally {
       closeFd(pollFd);
+      closeFd(alsoPollFd);
     }
   });
 }

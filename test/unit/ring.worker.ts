@@ -33,7 +33,7 @@ export type Job =
   | SlotJob<'slot-consumer'>
   | { kind: 'idle'; ring: SharedArrayBuffer; doorbell: SharedArrayBuffer; durationMs: number; timeoutMs: number }
   | { kind: 'wake'; ring: SharedArrayBuffer; doorbell: SharedArrayBuffer; timeoutMs: number }
-  | { kind: 'wake-in-poll'; ring: SharedArrayBuffer; doorbell: SharedArrayBuffer; pollFd: number; timeoutMs: number }
+  | { kind: 'wake-in-poll'; ring: SharedArrayBuffer; doorbell: SharedArrayBuffer; pollFd: number; alsoPollFd: number; timeoutMs: number }
   | { kind: 'fabric-worker'; fabric: FabricDescription; index: number; count: number; deadlineMs: number }
   | { kind: 'push-later'; ring: SharedArrayBuffer; doorbell: SharedArrayBuffer; value: number; delayMs: number };
 
@@ -230,7 +230,7 @@ function wake(job: Extract<Job, { kind: 'wake' }>): unknown {
   return { reason, elapsedMs: performance.now() - start, value: ring.pop(), sleepingAfter: doorbell.sleeping };
 }
 
-/** As `wake`, but sleeping in poll(2) on `pollFd` and the doorbell's eventfd. */
+/** As `wake`, but sleeping in poll(2) on `pollFd`, `alsoPollFd` and the doorbell's eventfd. */
 function wakeInPoll(job: Extract<Job, { kind: 'wake-in-poll' }>): unknown {
   const ring = new Ring(job.ring);
   const doorbell = new Doorbell(job.doorbell);
@@ -238,8 +238,8 @@ function wakeInPoll(job: Extract<Job, { kind: 'wake-in-poll' }>): unknown {
   doorbell.useEventFd(eventFd);
   try {
     const start = performance.now();
-    const reason = waitForWorkOrReadable(doorbell, eventFd, job.pollFd, -1, job.timeoutMs, () => !ring.isEmpty());
-    return { reason, elapsedMs: performance.now() - start, value: ring.pop(), sleepingAfter: doorbell.sleeping };
+    const ready = waitForWorkOrReadable(doorbell, eventFd, job.pollFd, job.alsoPollFd, job.timeoutMs, () => !ring.isEmpty());
+    return { ready, elapsedMs: performance.now() - start, value: ring.pop(), sleepingAfter: doorbell.sleeping };
   } finally {
     closeFd(eventFd);
   }
