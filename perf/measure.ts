@@ -140,3 +140,90 @@ export function warningsIn(output: string): LogRecord[] {
   }
   return warnings;
 }
+
+/** A packet event from `perf script -F comm,time,event,trace` over the net:* tracepoints. */
+export interface NetEvent {
+  readonly comm: string;
+  /** Seconds, perf's clock. */
+  readonly time: number;
+  readonly kind: 'xmit' | 'receive';
+  readonly device: string;
+  readonly length: number;
+}
+
+/** Reads net:net_dev_xmit (a device sends) and net:netif_receive_skb (a device receives) lines. */
+export function parseNetEvents(script: string): NetEvent[] {
+  const events: NetEvent[] = [];
+  for (const line of script.split('\n')) {
+    const match = /^\s*(.+?)\s+(\d+\.\d+):\s+net:(net_dev_xmit|netif_receive_skb):\s.*\bdev=(\S+).*\blen=(\d+)/.exec(line);
+    if (match === null) continue;
+    events.push({
+      comm: match[1]!,
+      time: Number(match[2]),
+      kind: match[3] === 'net_dev_xmit' ? 'xmit' : 'receive',
+      device: match[4]!,
+      length: Number(match[5]),
+    });
+  }
+  return events;
+}
+
+/** The devices of a tunnel pair whose events mark a ping's way through it. */
+export interface PairDevices {
+  readonly tunA: string;
+  readonly underlayA: string;
+  readonly tunB: string;
+  readonly underlayB: string;
+}
+
+/** One echo's way through a pair, µs per leg (see hopTimings). */
+export interface PingHops {
+  /** A's daemon: the request read from A's tunnel device → sent on A's underlay. */
+  readonly aOut: number;
+  /** The underlay, then B's daemon: sent by A → written to B's tunnel device. */
+  readonly bIn: number;
+  /** B's kernel: the request written → the reply queued on B's tunnel device. */
+  readonly bReply: number;
+  /** B's daemon: the reply read → sent on B's underlay. */
+  readonly bOut: number;
+  /** The underlay, then A's daemon: sent by B → written to A's tunnel device. */
+  readonly aIn: number;
+  readonly total: number;
+}
+
+/**
+ * Follows each ping from A through a pair and back, in the order the kernel saw it: `ping` hands the
+ * request (`ipLength` bytes) to A's tunnel device, A's underlay sends the datagram, B's tunnel
+ * device receives the request, sends the reply, B's underlay sends it, A's tunnel device receives
+ * it. An echo whose six events are not all there (the trace ended, a reply was lost) is left out.
+ */
+export function hopTimings(events: readonly NetEvent[], devices: PairDevices, ipLength: number): PingHops[] {
+  const steps: ReadonlyArray<(event: NetEvent) => boolean> = [
+    (e) => e.kind === 'xmit' && e.device === devices.underlayA,
+    (e) => e.kind === 'receive' && e.device === devices.tunB && e.length === ipLength,
+    (e) => e.kind === 'xmit' && e.device === devices.tunB && e.length === ipLength,
+    (e) => e.kind === 'xmit' && e.device === devices.underlayB,
+    (e) => e.kind === 'receive' && e.device === devices.tunA && e.length === ipLength,
+  ];
+  const isRequest = (e: NetEvent): boolean => e.comm === 'ping' && e.kind === 'xmit' && e.device === devices.tunA && e.length === ipLength;
+  const starts: number[] = [];
+  events.forEach((event, index) => {
+    if (isRequest(event)) starts.push(index);
+  });
+  const hops: PingHops[] = [];
+  starts.forEach((start, n) => {
+    // Each echo's events lie between its request and the next one's.
+    const end = starts[n + 1] ?? events.length;
+    const times = [events[start]!.time];
+    let j = start + 1;
+    for (const step of steps) {
+      while (j < end && !step(events[j]!)) j++;
+      if (j === end) return;
+      times.push(events[j]!.time);
+      j++;
+    }
+    const us = (k: number): number => (times[k + 1]! - times[k]!) * 1e6;
+    hops.push({ aOut: us(0), bIn: us(1), bReply: us(2), bOut: us(3), aIn: us(4), total: (times[5]! - times[0]!) * 1e6 });
+  });
+  return hops;
+}

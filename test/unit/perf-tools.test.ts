@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fold, frameName, parsePerfScript, renderFlameGraph, samplesByRoot, topFrames } from '../../perf/flame.ts';
-import { parseCpuTicks, parseSocketDrops, parseUdpErrors, searchHighestRate, warningsIn } from '../../perf/measure.ts';
+import { hopTimings, parseCpuTicks, parseNetEvents, parseSocketDrops, parseUdpErrors, searchHighestRate, warningsIn } from '../../perf/measure.ts';
 import type { RateTrial } from '../../perf/measure.ts';
 
 const SCRIPT = [
@@ -160,4 +160,31 @@ test('parseSocketDrops sums the drops column of the given socket inodes only', (
   assert.equal(parseSocketDrops(table, new Set([1320290])), 40);
   assert.equal(parseSocketDrops(table, new Set()), 0);
   assert.throws(() => parseSocketDrops('sl local_address\n', new Set([1])), /unreadable/);
+});
+
+test('hopTimings follows each echo through the pair, leaving out one whose reply never came', () => {
+  const line = (comm: string, t: number, event: string, dev: string, len: number): string =>
+    `${comm.padStart(16)} ${t.toFixed(6)}:   net:${event}: dev=${dev} skbaddr=0xffff888102443800 len=${len} rc=0`;
+  const echo = (t0: number): string[] => [
+    line('ping', t0, 'net_dev_xmit', 'tunA', 84),
+    line('../workers/work', t0 + 0.000200, 'net_dev_xmit', 'vethA', 170),
+    line('../workers/work', t0 + 0.000204, 'netif_receive_skb', 'vethB', 156),
+    line('../workers/work', t0 + 0.000400, 'netif_receive_skb', 'tunB', 84),
+    line('../workers/work', t0 + 0.000415, 'net_dev_xmit', 'tunB', 84),
+    line('../workers/work', t0 + 0.000475, 'net_dev_xmit', 'vethB', 170),
+    line('V8 DefaultWorke', t0 + 0.000480, 'net_dev_xmit', 'vethA', 96), // a keepalive in between
+    line('../workers/work', t0 + 0.000600, 'netif_receive_skb', 'tunA', 84),
+  ];
+  const lost = echo(2).slice(0, 4); // the request reached B, nothing came back
+  const script = ['# a comment perf may print', ...echo(1), ...lost, ...echo(3)].join('\n');
+  const events = parseNetEvents(script);
+  assert.equal(events.length, 20);
+  assert.deepEqual(events[0], { comm: 'ping', time: 1, kind: 'xmit', device: 'tunA', length: 84 });
+  assert.equal(events[6]!.comm, 'V8 DefaultWorke');
+  const hops = hopTimings(events, { tunA: 'tunA', underlayA: 'vethA', tunB: 'tunB', underlayB: 'vethB' }, 84);
+  assert.equal(hops.length, 2);
+  for (const hop of hops) {
+    const rounded = Object.fromEntries(Object.entries(hop).map(([k, v]) => [k, Math.round(v)]));
+    assert.deepEqual(rounded, { aOut: 200, bIn: 200, bReply: 15, bOut: 60, aIn: 125, total: 600 });
+  }
 });
