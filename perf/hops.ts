@@ -24,7 +24,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describeMachine } from '../bench/harness.ts';
-import { hopTimings, parseNetEvents, type PingHops } from './measure.ts';
+import { hopTimings, parseNetEvents, quantile, type PingHops } from './measure.ts';
 import { buildPair, parsePairings, requireRoot, run, withLab } from '../test/lab/lab.ts';
 
 const { values } = parseArgs({
@@ -80,11 +80,6 @@ async function measure(name: string): Promise<PingHops[]> {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
-}
-
-function quantile(sorted: readonly number[], q: number): number {
-  if (sorted.length === 0) return Number.NaN;
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
 }
 
 console.log(describeMachine());

@@ -21,7 +21,7 @@ import { parseArgs } from 'node:util';
 import { readFileSync, readdirSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describeMachine } from '../bench/harness.ts';
-import { parseCpuTicks } from './measure.ts';
+import { parseCpuTicks, quantile } from './measure.ts';
 import { buildPair, parsePairings, requireRoot, run, withLab } from '../test/lab/lab.ts';
 import type { Netns } from '../test/lab/lab.ts';
 
@@ -60,11 +60,6 @@ async function pingTimes(ns: Netns, target: string, n: number, intervalS: number
   const result = await ns.exec('ping', ['-n', '-c', String(n), '-i', String(intervalS), '-W', '1', '-w', String(deadlineS), target],
     { check: false, timeoutMs: (deadlineS + 5) * 1000 });
   return [...result.stdout.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
-}
-
-function quantile(sorted: readonly number[], q: number): number {
-  if (sorted.length === 0) return Number.NaN;
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
 }
 
 const clockTicks = Number((await run('getconf', ['CLK_TCK'])).stdout.trim()) || 100;

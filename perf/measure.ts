@@ -1,6 +1,7 @@
-// The pure parts of perf/compare.ts: the bounded search for the highest UDP rate under a loss
-// limit, and readers for the kernel's and the daemon's own reports (UDP socket error counters,
-// process CPU time, pino warnings). No I/O here, so each is tested on its own.
+// The pure parts of the lab instruments: for perf/compare.ts, the bounded search for the highest
+// UDP rate under a loss limit and readers for the kernel's and the daemon's own reports (UDP socket
+// error counters, process CPU time, pino warnings); for perf/hops.ts, the packet tracepoints and
+// the echoes they trace; a quantile for all. No I/O here, so each is tested on its own.
 
 /** One trial of the UDP search: what was offered and what came out. */
 export interface RateTrial {
@@ -139,6 +140,12 @@ export function warningsIn(output: string): LogRecord[] {
     if (typeof level === 'number' && level >= 40) warnings.push({ level, msg: typeof msg === 'string' ? msg : '' });
   }
   return warnings;
+}
+
+/** The q-quantile (0 ≤ q ≤ 1) of ascending `sorted`, as its element at ⌊q·n⌋; NaN when empty. */
+export function quantile(sorted: readonly number[], q: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
 }
 
 /** A packet event from `perf script -F comm,time,event,trace` over the net:* tracepoints. */
