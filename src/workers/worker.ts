@@ -508,11 +508,11 @@ function turn(): void {
     return;
   }
   if (light) ringsBusy = ringEntries !== 0;
-  // Nothing came: sleep until a datagram, a TUN packet, a ring entry or a command arrives; while
-  // the other workers' rings are too full to take another read, only briefly, on the rings.
-  // Spinning first pays only when rings bring work (it saves the producer a wake-up call);
-  // datagrams and TUN packets are seen by poll(2) alone, so otherwise the spin only burns CPU
-  // that the other threads on the machine could use.
+  // Nothing came (or, after a sleep, all that came is done): sleep until a datagram, a TUN packet,
+  // a ring entry or a command arrives; while the other workers' rings are too full to take another
+  // read, only briefly, on the rings. Spinning first pays only when rings bring work (it saves the
+  // producer a wake-up call); datagrams and TUN packets are seen by poll(2) alone, so otherwise the
+  // spin only burns CPU that the other threads on the machine could use.
   if (tunBlocked) {
     waitForWork(end.doorbell, BACKPRESSURE_WAIT_MS, hasWork);
     afterSleep = false;
