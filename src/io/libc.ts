@@ -42,6 +42,7 @@ export const libc = {
   eventfd: lib.func('int eventfd(unsigned int initval, int flags)'),
   setns: lib.func('int setns(int fd, int nstype)'),
   getuid: lib.func('uint32_t geteuid(void)'),
+  sched_yield: lib.func('int sched_yield(void)'),
 } as const;
 
 /** The calling thread's errno right after a failed call (koffi keeps it per thread). */

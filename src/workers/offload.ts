@@ -375,6 +375,11 @@ export class Coalescer {
     return this.packetLength > 0;
   }
 
+  /** How many UDP datagrams the open group holds (0 when none is open or it is TCP). */
+  get datagrams(): number {
+    return this.packetLength > 0 && this.protocol === IPPROTO_UDP ? this.segments : 0;
+  }
+
   /**
    * Appends bytes[at, at + length) to the open group if it continues it, or opens a group with it
    * when none is open and it qualifies. False: the caller flushes and retries, or writes it alone.

@@ -377,6 +377,23 @@ test('a UDP group ends after 64 datagrams, as the kernel GRO does', () => {
   const datagrams = datagramsOf(4, new Array<number>(65).fill(100));
   for (const d of datagrams.slice(0, 64)) assert.ok(coalescer.add(d, 0, d.length));
   assert.equal(coalescer.add(datagrams[64]!, 0, datagrams[64]!.length), false);
+  assert.equal(coalescer.datagrams, 64);
+  coalescer.finish();
+  assert.equal(coalescer.datagrams, 0, 'none once the group is written');
+});
+
+test('datagrams counts a UDP group only: a TCP group holds none', () => {
+  const coalescer = new Coalescer(true);
+  const [a, b] = datagramsOf(6, [500, 500]) as [Uint8Array, Uint8Array];
+  assert.ok(coalescer.add(a, 0, a.length));
+  assert.equal(coalescer.datagrams, 1);
+  assert.ok(coalescer.add(b, 0, b.length));
+  assert.equal(coalescer.datagrams, 2);
+  coalescer.finish();
+  const [s, t] = segmentsOf(4, [1000, 1000]) as [Uint8Array, Uint8Array];
+  assert.ok(coalescer.add(s, 0, s.length));
+  assert.ok(coalescer.add(t, 0, t.length));
+  assert.equal(coalescer.datagrams, 0);
 });
 
 test('without USO on the TUN device, UDP datagrams are never coalesced but TCP segments still are', () => {
