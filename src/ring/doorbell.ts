@@ -127,7 +127,7 @@ export function waitForWork(
   return result === 'timed-out' ? 'timed-out' : 'rung';
 }
 
-/** waitForWorkOrReadable's result bit beside pollReadable's READABLE_FD and READABLE_ALSO_FD. */
+/** waitForWorkOrReadable's result when no descriptor is ready but the rings hold work. */
 export const RINGS_READY = 4;
 
 /**
@@ -136,8 +136,10 @@ export const RINGS_READY = 4;
  * `useEventFd`), so a datagram, a packet or a producer's ring wakes it. The same Dekker handshake
  * as above, with the eventfd in place of the futex; an eventfd write that lands after the consumer
  * woke only makes its next poll return early. Returns what is ready, as bits: READABLE_FD and
- * READABLE_ALSO_FD (libc.ts) for the descriptors, RINGS_READY when the rings hold work; 0 when the
- * timeout passed (also after a ring that brought no work, e.g. a wake-up to poll a rebound socket).
+ * READABLE_ALSO_FD (libc.ts) for the descriptors; when neither is, RINGS_READY if the rings hold
+ * work (a caller woken by a descriptor looks at its rings anyway, so they are not looked at twice);
+ * 0 when the timeout passed (also after a ring that brought no work, e.g. a wake-up to poll a
+ * rebound socket).
  */
 export function waitForWorkOrReadable(
   doorbell: Doorbell,
@@ -156,8 +158,9 @@ export function waitForWorkOrReadable(
   }
   const readable = pollReadable(fd, timeoutMs, eventFd, alsoFd);
   doorbell.wake();
+  if (readable !== 0) return readable;
   // poll(2) does not tell a timeout from an eventfd write that raced it: the rings decide.
-  return hasWork() ? readable | RINGS_READY : readable;
+  return hasWork() ? RINGS_READY : 0;
 }
 
 /**
