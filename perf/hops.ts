@@ -25,7 +25,7 @@ import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describeMachine } from '../bench/harness.ts';
 import { hopTimings, parseNetEvents, quantile, type PingHops } from './measure.ts';
-import { buildPair, parsePairings, requireRoot, run, withLab } from '../test/lab/lab.ts';
+import { buildPair, parsePairings, ping, requireRoot, run, withLab } from '../test/lab/lab.ts';
 
 const { values } = parseArgs({
   options: {
@@ -62,15 +62,13 @@ async function measure(name: string): Promise<PingHops[]> {
     return await withLab(async (lab) => {
       const pair = await buildPair(lab, { implA: a, implB: b });
       // The handshake, and the first packets through freshly started threads, are not what we measure.
-      await pair.a.ns.exec('ping', ['-n', '-q', '-c', '10', '-i', '0.05', '-w', '10', pair.b.tunnelV4], { check: false, timeoutMs: 15_000 });
+      await ping(pair.a.ns, pair.b.tunnelV4, { count: 10, intervalS: 0.05, deadlineS: 10 });
       const traceFile = join(dir, 'trace.data');
       const recordS = count * intervalS + 2;
       const recording = run('perf', ['record', '-a', '-q', '-e', 'net:net_dev_xmit,net:netif_receive_skb', '-o', traceFile,
         '--', 'sleep', String(recordS)], { check: false, timeoutMs: (recordS + 20) * 1000 });
       await sleep(500);
-      const deadlineS = Math.ceil(count * intervalS + 3);
-      await pair.a.ns.exec('ping', ['-n', '-q', '-c', String(count), '-i', String(intervalS), '-W', '1', '-w', String(deadlineS),
-        pair.b.tunnelV4], { check: false, timeoutMs: (deadlineS + 5) * 1000 });
+      await ping(pair.a.ns, pair.b.tunnelV4, { count, intervalS });
       const recorded = await recording;
       if (recorded.code !== 0) throw new Error(`hops: perf record failed:\n${recorded.stderr}`);
       const script = await run('perf', ['script', '-i', traceFile, '-F', 'comm,time,event,trace'], { timeoutMs: 60_000 });
