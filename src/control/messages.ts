@@ -137,6 +137,8 @@ export interface ThreadInit {
   readonly mtu: number;
   /** Static mode: a peer's endpoint follows its packets. ICE mode: ICE alone sets it. */
   readonly roaming: boolean;
+  /** How long after its last data packet a worker keeps its path warm (workers/keep-warm.ts); 0: never. */
+  readonly keepWarmMs: number;
 }
 
 /** Index of a thread's word in `commandSignals`: workers first, then the UDP reader. */

@@ -8,10 +8,10 @@ import { createLogger, parseLogLevel } from './log.ts';
 import { Device, describeStartError } from '../control/device.ts';
 import { runNetcheck } from './netcheck.ts';
 import { CONNECT_USAGE, runConnect } from './connect.ts';
-import { parseWorkers, runUntilStopped, UsageError } from './daemon.ts';
+import { parseKeepWarm, parseWorkers, runUntilStopped, UsageError } from './daemon.ts';
 
 const USAGE = `usage:
-  ztgate wg [-f|--foreground] [--workers N] [--log-level LEVEL] IFNAME
+  ztgate wg [-f|--foreground] [--workers N] [--keep-warm-ms MS] [--log-level LEVEL] IFNAME
       a WireGuard device managed by wg(8), like wireguard-go (detaches unless -f)
   ztgate netcheck --stun HOST[:PORT] [--stun ...] [--turn HOST[:PORT] (--turn-username U
                   --turn-password P | --turn-secret S)] [--timeout MS] [--json]
@@ -42,6 +42,7 @@ async function runWg(args: readonly string[]): Promise<number> {
     options: {
       foreground: { type: 'boolean', short: 'f', default: false },
       workers: { type: 'string' },
+      'keep-warm-ms': { type: 'string' },
       'log-level': { type: 'string' },
     },
     allowPositionals: true,
@@ -50,6 +51,7 @@ async function runWg(args: readonly string[]): Promise<number> {
   if (positionals.length !== 1) throw new UsageError('wg takes exactly one interface name');
   const interfaceName = positionals[0]!;
   const workers = parseWorkers(values.workers ?? process.env['ZTGATE_WORKERS']);
+  const keepWarmMs = parseKeepWarm(values['keep-warm-ms'] ?? process.env['ZTGATE_KEEP_WARM_MS']);
   const level = parseLogLevel(values['log-level'] ?? process.env['ZTGATE_LOG_LEVEL'] ?? process.env['LOG_LEVEL']);
   const foreground = values.foreground || process.env[FOREGROUND_ENV] === '1';
   if (!foreground) return detach(args);
@@ -57,7 +59,7 @@ async function runWg(args: readonly string[]): Promise<number> {
   const logger = createLogger(level, { interface: interfaceName });
   let device: Device;
   try {
-    device = await Device.start({ interfaceName, workers, logger, logLevel: level });
+    device = await Device.start({ interfaceName, workers, keepWarmMs, logger, logLevel: level });
   } catch (error) {
     logger.error({ err: error }, 'cannot start');
     process.stderr.write(`ztgate: ${interfaceName}: ${describeStartError(error)}\n`);

@@ -17,12 +17,12 @@ import { parseCidr } from '../wireguard/allowedips.ts';
 import { parseKeyBase64 } from '../wireguard/keys.ts';
 import { createLogger, parseLogLevel } from './log.ts';
 import { NetcheckUsageError, resolveStunAndTurn } from './netcheck.ts';
-import { parseWorkers, runUntilStopped, UsageError } from './daemon.ts';
+import { parseKeepWarm, parseWorkers, runUntilStopped, UsageError } from './daemon.ts';
 
 export const CONNECT_USAGE = `  ztgate connect IFNAME --private-key FILE --peer PUBLIC_KEY --allowed-ips CIDR[,CIDR…]
       --role controlling|controlled [--listen-port PORT] [--stun HOST[:PORT] …]
       [--turn HOST[:PORT] (--turn-username U --turn-password P | --turn-secret S)]
-      [--workers N] [--log-level LEVEL]
+      [--workers N] [--keep-warm-ms MS] [--log-level LEVEL]
       one peer through ICE; signalling as JSON lines on stdin/stdout`;
 
 function emit(message: Record<string, unknown>): void {
@@ -71,6 +71,7 @@ export async function runConnect(args: readonly string[]): Promise<number> {
         'turn-password': { type: 'string' },
         'turn-secret': { type: 'string' },
         workers: { type: 'string' },
+        'keep-warm-ms': { type: 'string' },
         'log-level': { type: 'string' },
       },
       allowPositionals: true,
@@ -93,6 +94,7 @@ export async function runConnect(args: readonly string[]): Promise<number> {
   const listenPort = values['listen-port'] === undefined ? 0 : Number(values['listen-port']);
   if (!Number.isInteger(listenPort) || listenPort < 0 || listenPort > 65_535) throw new UsageError(`bad --listen-port '${values['listen-port']}'`);
   const workers = parseWorkers(values.workers);
+  const keepWarmMs = parseKeepWarm(values['keep-warm-ms']);
   const privateKey = parseKeyBase64(readFileSync(keyFile, 'utf8').trim(), 'private key');
   const publicKey = parseKeyBase64(peerKey, 'peer public key');
   const allowedIps = allowed.split(',').map((text) => parseCidr(text.trim()));
@@ -111,6 +113,7 @@ export async function runConnect(args: readonly string[]): Promise<number> {
     device = await Device.start({
       interfaceName,
       workers,
+      keepWarmMs,
       logger,
       logLevel: level,
       ice: { stunServers: servers.stunServers, relays: servers.turn === null ? [] : [servers.turn], listenPort },

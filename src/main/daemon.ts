@@ -2,6 +2,7 @@
 import { availableParallelism } from 'node:os';
 import type { Device } from '../control/device.ts';
 import { MAX_WORKERS } from '../ring/fabric.ts';
+import { DEFAULT_KEEP_WARM_MS, MAX_KEEP_WARM_MS } from '../workers/keep-warm.ts';
 
 /** A command line that cannot be run as given: printed with the usage text, exit status 2. */
 export class UsageError extends Error {}
@@ -14,6 +15,16 @@ export function parseWorkers(text: string | undefined): number {
     throw new UsageError(`--workers must be an integer from 1 to ${MAX_WORKERS}, got '${text}'`);
   }
   return workers;
+}
+
+/** `--keep-warm-ms`: how long after its last data packet a worker keeps its path warm; 0: never. */
+export function parseKeepWarm(text: string | undefined): number {
+  if (text === undefined) return DEFAULT_KEEP_WARM_MS;
+  const ms = Number(text);
+  if (text.trim() === '' || !Number.isInteger(ms) || ms < 0 || ms > MAX_KEEP_WARM_MS) {
+    throw new UsageError(`--keep-warm-ms must be an integer from 0 to ${MAX_KEEP_WARM_MS}, got '${text}'`);
+  }
+  return ms;
 }
 
 /**

@@ -29,6 +29,7 @@ import { SyscallError } from '../errors.ts';
 import { monotonicNow } from '../clock.ts';
 import { CommandInbox, DropReporter, notifyControl, threadInit } from './thread-support.ts';
 import { warmTunIntakePaths, warmWorkerPaths } from './warmup.ts';
+import { idleWaitMs } from './keep-warm.ts';
 
 const BATCH = 64;
 /** After writing a UDP group of at least this many datagrams to the TUN, yield (flushCoalesced). */
@@ -61,6 +62,11 @@ let coalescedPackets = 0;
 const stats = new Float64Array(init.fabric.peerTable);
 const lastHandshakeRequest = new Map<number, number>();
 let now = monotonicNow();
+/**
+ * When this worker last sent, delivered or passed on a data packet (keepalives and dropped packets,
+ * such as the kernel's own IPv6 multicast with no peer to go to, do not count): see keep-warm.ts.
+ */
+let lastDataAt = Number.NEGATIVE_INFINITY;
 let running = true;
 
 const datapath = new Datapath(aeadBackend(), stats, init.mtu, {
@@ -138,6 +144,7 @@ function encryptSlot(peer: number, source: number, slot: number, ipLength: numbe
     releaseSlot(source, slot);
     return;
   }
+  if (ipLength > 0) lastDataAt = now;
   const endpoint = datapath.endpointOf(peer)!;
   const datagramLength = endpoint.relayChannel ? wrapChannelData(payload, length, endpoint.relayChannel) : length;
   const i = sendCount++;
@@ -228,8 +235,10 @@ function dispatchRead(count: number): void {
     // Peer ids are assigned so that id % workerCount is the owning worker (see the control thread).
     const owner = peer % workerCount;
     if (owner === end.index) encryptSlot(peer, OWN, slot, intake.lengths[k]!);
-    else if (end.toWorker[owner]!.ring.push(slot)) touched[owner] = 1;
-    else {
+    else if (end.toWorker[owner]!.ring.push(slot)) {
+      touched[owner] = 1;
+      lastDataAt = now;
+    } else {
       ioDrops.ringFull++;
       end.pool.release(slot);
     }
@@ -363,6 +372,7 @@ function decryptInto(source: SlotSource, slot: number): void {
   source.slot = slot;
   const length = datapath.decrypt(payload, slab.payloadLength(slot), source, now, peerOut);
   if (length > 0) {
+    lastDataAt = now;
     if (!vnetHeader) writeToTun(payload, SLOT_PLAINTEXT_OFFSET, length, 1);
     else if (coalescer.add(payload, SLOT_PLAINTEXT_OFFSET, length)) coalescedPackets++;
     else {
@@ -529,10 +539,13 @@ function turn(): void {
     tunReady = true;
     socketReady = true;
   } else {
-    const ready = waitForWorkOrReadable(end.doorbell, eventFd, socket.fd, tunFd, IDLE_WAIT_MS, hasWork, ringsBusy ? DEFAULT_SPIN_MICROS : 0);
+    const timeoutMs = idleWaitMs(now, lastDataAt, init.keepWarmMs, IDLE_WAIT_MS);
+    const ready = waitForWorkOrReadable(end.doorbell, eventFd, socket.fd, tunFd, timeoutMs, hasWork, ringsBusy ? DEFAULT_SPIN_MICROS : 0);
     afterSleep = true;
-    socketReady = (ready & READABLE_FD) !== 0;
-    tunReady = (ready & READABLE_ALSO_FD) !== 0;
+    // A keep-warm tick that ended with nothing ready still turns through both reads.
+    const warmTick = ready === 0 && timeoutMs < IDLE_WAIT_MS;
+    socketReady = warmTick || (ready & READABLE_FD) !== 0;
+    tunReady = warmTick || (ready & READABLE_ALSO_FD) !== 0;
   }
 }
 
