@@ -2,7 +2,8 @@
 // (ztgate on A, wireguard-go on B) and the wireguard-go pair, back to back, each in a fresh lab
 // (two namespaces joined by veth, test/lab/lab.ts). Per pair:
 //
-//   ping RTT through the tunnel; idle CPU of each daemon over --idle-seconds, tunnel up and quiet;
+//   ping RTT through the tunnel, and each daemon's CPU during those pings; idle CPU of each daemon
+//   over --idle-seconds, tunnel up and quiet for longer than ztgate's keep-warm window;
 //   iperf3 TCP A→B and B→A for --seconds each; the highest UDP rate offered with < 1% loss, by a
 //   bounded doubling-then-bisection search of short runs (--udp-seconds each, ≤ --udp-trials);
 //   then a paced UDP run at half that rate for --seconds.
@@ -28,6 +29,7 @@ import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describeMachine } from '../bench/harness.ts';
 import { DROP_REPORT_INTERVAL_MS } from '../src/control/messages.ts';
+import { DEFAULT_KEEP_WARM_MS } from '../src/workers/keep-warm.ts';
 import { parseCpuTicks, parseSocketDrops, parseUdpErrors, searchHighestRate, warningsIn } from './measure.ts';
 import type { LogRecord, RateSearch, UdpErrorCounters } from './measure.ts';
 import { buildPair, dropsByReason, iperf3, latestDropCounts, parsePairings, ping, requireRoot, run, withLab } from '../test/lab/lab.ts';
@@ -37,6 +39,8 @@ const REPO_ROOT = resolve(import.meta.dirname, '..');
 
 interface SideReport {
   readonly impl: string;
+  /** During the pings: light traffic, with ztgate's workers keeping their path warm. */
+  readonly pingCpuPercent: number;
   readonly idleCpuPercent: number;
   /** Rise of the namespace's UDP error counters during the clean phase (ping, idle, paced UDP). */
   readonly cleanSocketErrors: UdpErrorCounters;
@@ -137,13 +141,18 @@ async function measurePair(name: string): Promise<PairReport> {
     const ownDrops = (): number[] => sides.map((s) => ownSocketDrops(s.daemon.process.pid) + countedSendErrors(s));
     const ownAtStart = ownDrops();
     progress(`${name}: ping`);
+    const ticksBeforePing = sides.map((s) => cpuTicks(s.daemon.process.pid));
+    const pingStarted = performance.now();
     const rtt = await ping(pair.a.ns, pair.b.tunnelV4, { count: 20, intervalS: 0.1, replyTimeoutS: 2, deadlineS: 15 });
     if (rtt.received === 0) {
       const tails = sides.map((s) => `${s.daemon.implName}:\n${s.daemon.process.output().split('\n').slice(-8).join('\n')}`);
       throw new Error(`no ping reply through the tunnel; daemon output:\n${tails.join('\n')}`);
     }
+    const pingSeconds = (performance.now() - pingStarted) / 1000;
+    const pingCpu = sides.map((s, i) => (100 * (cpuTicks(s.daemon.process.pid) - ticksBeforePing[i]!)) / clockTicks / pingSeconds);
     progress(`${name}: idle CPU over ${idleSeconds} s`);
-    await sleep(1000);
+    // Idle means nothing moved for longer than ztgate's keep-warm window (its ticks are light-traffic CPU).
+    await sleep(DEFAULT_KEEP_WARM_MS + 1000);
     const ticksBefore = sides.map((s) => cpuTicks(s.daemon.process.pid));
     await sleep(idleSeconds * 1000);
     const idleCpu = sides.map((s, i) => (100 * (cpuTicks(s.daemon.process.pid) - ticksBefore[i]!)) / clockTicks / idleSeconds);
@@ -184,6 +193,7 @@ async function measurePair(name: string): Promise<PairReport> {
       const pacedRise = rise(afterSearch[i]!, afterPaced[i]!);
       return {
         impl: sides[i].daemon.implName,
+        pingCpuPercent: pingCpu[i]!,
         idleCpuPercent: idleCpu[i]!,
         cleanSocketErrors: {
           rcvbufErrors: idle.rcvbufErrors + pacedRise.rcvbufErrors, sndbufErrors: idle.sndbufErrors + pacedRise.sndbufErrors,
@@ -219,6 +229,8 @@ function formatTable(reports: readonly PairReport[]): string {
     { label: 'UDP max offered <1% loss Mbit/s', value: (r) => r.udp.bestMbps, digits: 0 },
     { label: 'UDP received at that rate Gbit/s', value: (r) => r.udp.receivedGbps, digits: 3 },
     { label: 'ping RTT ms', value: (r) => r.rttMs, digits: 3 },
+    { label: 'CPU % of a core during the pings, A', value: (r) => r.sides[0].pingCpuPercent, digits: 2 },
+    { label: 'CPU % of a core during the pings, B', value: (r) => r.sides[1].pingCpuPercent, digits: 2 },
     { label: 'idle CPU % of a core, side A', value: (r) => r.sides[0].idleCpuPercent, digits: 2 },
     { label: 'idle CPU % of a core, side B', value: (r) => r.sides[1].idleCpuPercent, digits: 2 },
     { label: 'paced UDP (half that rate) loss %', value: (r) => r.paced.lossPercent, digits: 2 },

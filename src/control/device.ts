@@ -92,7 +92,7 @@ export interface DeviceOptions {
    */
   readonly handshakeThreads?: number;
   /**
-   * How long after its last data packet a worker keeps its path warm, trading about 2 % of a core
+   * How long after its last data packet a worker keeps its path warm, trading 1.4–2.5 % of a core
    * during light traffic for a faster first packet (workers/keep-warm.ts); 0 turns it off.
    * Default DEFAULT_KEEP_WARM_MS.
    */

@@ -1,4 +1,5 @@
-// What the commands that run a device share: argument errors, the worker count, and signals.
+// What the commands that run a device share: argument errors, the worker count, the keep-warm
+// window, and signals.
 import { availableParallelism } from 'node:os';
 import type { Device } from '../control/device.ts';
 import { MAX_WORKERS } from '../ring/fabric.ts';

@@ -5,7 +5,8 @@
 // moved data, a worker that has nothing to do sleeps KEEP_WARM_TICK_MS at a time and turns through
 // its reads when the sleep ends, finding nothing; the next real packet then meets a warm path. It
 // costs CPU only while traffic is light (busy workers do not sleep, idle ones sleep long): about
-// 2 % of a core per daemon, measured with one ping a second (perf/README.md, "Keeping warm").
+// 1.4–2.5 % of a core per daemon with one to five pings a second (perf/README.md, "Keeping the path
+// warm").
 
 /** How long after its last data packet a worker keeps its path warm, unless configured. */
 export const DEFAULT_KEEP_WARM_MS = 2_000;
