@@ -29,7 +29,7 @@ import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describeMachine } from '../bench/harness.ts';
 import { DROP_REPORT_INTERVAL_MS } from '../src/control/messages.ts';
-import { DEFAULT_KEEP_WARM_MS } from '../src/workers/keep-warm.ts';
+import { parseKeepWarm } from '../src/main/daemon.ts';
 import { parseCpuTicks, parseSocketDrops, parseUdpErrors, searchHighestRate, warningsIn } from './measure.ts';
 import type { LogRecord, RateSearch, UdpErrorCounters } from './measure.ts';
 import { buildPair, dropsByReason, iperf3, latestDropCounts, parsePairings, ping, requireRoot, run, withLab } from '../test/lab/lab.ts';
@@ -98,6 +98,8 @@ function rise(before: UdpErrorCounters, after: UdpErrorCounters): UdpErrorCounte
   return { rcvbufErrors: after.rcvbufErrors - before.rcvbufErrors, sndbufErrors: after.sndbufErrors - before.sndbufErrors };
 }
 
+/** The daemons' keep-warm window: they read the same environment variable. */
+const keepWarmMs = parseKeepWarm(process.env['ZTGATE_KEEP_WARM_MS']);
 const clockTicks = Number((await run('getconf', ['CLK_TCK'])).stdout.trim()) || 100;
 
 function cpuTicks(pid: number): number {
@@ -152,7 +154,7 @@ async function measurePair(name: string): Promise<PairReport> {
     const pingCpu = sides.map((s, i) => (100 * (cpuTicks(s.daemon.process.pid) - ticksBeforePing[i]!)) / clockTicks / pingSeconds);
     progress(`${name}: idle CPU over ${idleSeconds} s`);
     // Idle means nothing moved for longer than ztgate's keep-warm window (its ticks are light-traffic CPU).
-    await sleep(DEFAULT_KEEP_WARM_MS + 1000);
+    await sleep(keepWarmMs + 1000);
     const ticksBefore = sides.map((s) => cpuTicks(s.daemon.process.pid));
     await sleep(idleSeconds * 1000);
     const idleCpu = sides.map((s, i) => (100 * (cpuTicks(s.daemon.process.pid) - ticksBefore[i]!)) / clockTicks / idleSeconds);

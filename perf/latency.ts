@@ -22,7 +22,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describeMachine } from '../bench/harness.ts';
 import { parseCpuTicks, quantile } from './measure.ts';
-import { DEFAULT_KEEP_WARM_MS } from '../src/workers/keep-warm.ts';
+import { parseKeepWarm } from '../src/main/daemon.ts';
 import { buildPair, parsePairings, requireRoot, run, withLab } from '../test/lab/lab.ts';
 import type { Netns } from '../test/lab/lab.ts';
 
@@ -63,6 +63,8 @@ async function pingTimes(ns: Netns, target: string, n: number, intervalS: number
   return [...result.stdout.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
 }
 
+/** The daemons' keep-warm window: they read the same environment variable. */
+const keepWarmMs = parseKeepWarm(process.env['ZTGATE_KEEP_WARM_MS']);
 const clockTicks = Number((await run('getconf', ['CLK_TCK'])).stdout.trim()) || 100;
 const cpuSeconds = (pid: number): number => parseCpuTicks(readFileSync(`/proc/${pid}/stat`, 'utf8')) / clockTicks;
 
@@ -131,7 +133,7 @@ async function measure(name: string): Promise<void> {
     }
     // Idle means nothing moved for longer than ztgate's keep-warm window; its ticks between pings
     // are in the CPU per ping above.
-    await sleep(DEFAULT_KEEP_WARM_MS + 500);
+    await sleep(keepWarmMs + 500);
     const before = pids.map(cpuSeconds);
     await sleep(idleSeconds * 1000);
     const percent = pids.map((pid, i) => (100 * (cpuSeconds(pid) - before[i]!)) / idleSeconds);
