@@ -19,7 +19,7 @@ import { READABLE_ALSO_FD, READABLE_FD, createEventFd, libc } from '../io/libc.t
 import { MESSAGE_TRANSPORT, MESSAGE_TRANSPORT_MIN_SIZE } from '../wireguard/constants.ts';
 import { aeadBackend } from '../wireguard/aead.ts';
 import type { Endpoint } from '../wireguard/endpoint.ts';
-import { DatagramMeta, UdpSocket, sourceMayBeStale } from '../io/udp.ts';
+import { DatagramMeta, UdpSocket, sourceMayBeStale, warmUdpPaths } from '../io/udp.ts';
 import { storeReceivedAddresses } from './slot-addresses.ts';
 import { CHANNEL_DATA_HEADER_BYTES, writeChannelDataHeader } from '../ice/turn.ts';
 import { TUN_VNET_HDR_SIZE, tunWrite } from '../io/tun.ts';
@@ -455,6 +455,7 @@ function applyCommand(command: WorkerCommand): void {
 
 warmWorkerPaths(aeadBackend(), init.mtu, directSource, monotonicNow());
 warmTunIntakePaths();
+warmUdpPaths();
 notifyControl({ kind: 'ready', thread: threadName });
 /** The last turn that found work found some of it on a ring (see the wait below). */
 let ringsBusy = false;

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { aeadBackend } from '../../src/wireguard/aead.ts';
 import type { Endpoint } from '../../src/wireguard/endpoint.ts';
 import type { DatagramSource } from '../../src/workers/datapath.ts';
+import { warmUdpPaths } from '../../src/io/udp.ts';
 import { warmRingPaths, warmTunIntakePaths, warmUdpReaderPaths, warmWaitPaths, warmWorkerPaths } from '../../src/workers/warmup.ts';
 
 /** A source that records how it was used, to show the warm-up only reads it. */
@@ -46,4 +47,8 @@ test('warmRingPaths moves every slot through pool, ring and return ring without 
 
 test('warmWaitPaths ends each idle wait as planned: work while spinning, work after announcing sleep, timed out', () => {
   assert.equal(warmWaitPaths(300), 300);
+});
+
+test('warmUdpPaths sends one byte to itself over loopback and receives it back', () => {
+  assert.equal(warmUdpPaths(), 1);
 });
