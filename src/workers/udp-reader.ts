@@ -18,7 +18,7 @@ import { CHANNEL_DATA_HEADER_BYTES } from '../ice/turn.ts';
 import { STUN_MAGIC_COOKIE } from '../ice/stun.ts';
 import { Buffer } from 'node:buffer';
 import { waitReadable } from '../io/libc.ts';
-import { DatagramMeta, UdpSocket } from '../io/udp.ts';
+import { DatagramMeta, UdpSocket, warmUdpPaths } from '../io/udp.ts';
 import { storeReceivedAddresses } from './slot-addresses.ts';
 import { CommandInbox, DropReporter, notifyControl, threadInit } from './thread-support.ts';
 import { warmUdpReaderPaths } from './warmup.ts';
@@ -318,6 +318,7 @@ function dispatchWireGuard(slot: number, payload: Uint8Array, length: number): v
 }
 
 warmUdpReaderPaths(workerCount);
+warmUdpPaths();
 notifyControl({ kind: 'ready', thread: 'udpReader' });
 while (running) {
   inbox.drain((command) => {
