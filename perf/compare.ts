@@ -30,7 +30,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { describeMachine } from '../bench/harness.ts';
 import { DROP_REPORT_INTERVAL_MS } from '../src/control/messages.ts';
 import { parseKeepWarm } from '../src/main/daemon.ts';
-import { parseCpuTicks, parseSocketDrops, parseUdpErrors, searchHighestRate, warningsIn } from './measure.ts';
+import { formatColumns, parseCpuTicks, parseSocketDrops, parseUdpErrors, searchHighestRate, warningsIn } from './measure.ts';
 import type { LogRecord, RateSearch, UdpErrorCounters } from './measure.ts';
 import { buildPair, dropsByReason, iperf3, latestDropCounts, parsePairings, ping, requireRoot, run, withLab } from '../test/lab/lab.ts';
 import type { Netns, Pair, Side } from '../test/lab/lab.ts';
@@ -258,9 +258,7 @@ function formatTable(reports: readonly PairReport[]): string {
     }
     return cells;
   });
-  const widths = header.map((h, col) => Math.max(h.length, ...rows.map((row) => row[col]!.length)));
-  const line = (row: readonly string[]): string => row.map((c, col) => (col === 0 ? c.padEnd(widths[col]!) : c.padStart(widths[col]!))).join('  ');
-  return [line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
+  return formatColumns(header, rows);
 }
 
 function totalErrors(r: PairReport, which: 'cleanSocketErrors' | 'tcpSocketErrors' | 'searchSocketErrors'): number {

@@ -24,7 +24,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describeMachine } from '../bench/harness.ts';
-import { hopTimings, parseNetEvents, quantile, type PingHops } from './measure.ts';
+import { formatColumns, hopTimings, parseNetEvents, quantile, type PingHops } from './measure.ts';
 import { buildPair, parsePairings, ping, requireRoot, run, withLab } from '../test/lab/lab.ts';
 
 const { values } = parseArgs({
@@ -92,9 +92,4 @@ for (const name of pairNames) {
   });
   rows.push([name, `${hops.length}/${count}`, ...cells]);
 }
-const header = ['pair', 'echoes', ...LEGS.map(([label]) => label)];
-const widths = header.map((h, k) => Math.max(h.length, ...rows.map((row) => row[k]!.length)));
-const line = (cells: readonly string[]): string => cells.map((c, k) => (k === 0 ? c.padEnd(widths[k]!) : c.padStart(widths[k]!))).join('  ');
-console.log(line(header));
-console.log(widths.map((w) => '-'.repeat(w)).join('  '));
-for (const row of rows) console.log(line(row));
+console.log(formatColumns(['pair', 'echoes', ...LEGS.map(([label]) => label)], rows));

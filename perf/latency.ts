@@ -21,7 +21,7 @@ import { parseArgs } from 'node:util';
 import { readFileSync, readdirSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describeMachine } from '../bench/harness.ts';
-import { parseCpuTicks, quantile } from './measure.ts';
+import { formatColumns, parseCpuTicks, quantile } from './measure.ts';
 import { parseKeepWarm } from '../src/main/daemon.ts';
 import { buildPair, parsePairings, requireRoot, run, withLab } from '../test/lab/lab.ts';
 import type { Netns } from '../test/lab/lab.ts';
@@ -174,9 +174,7 @@ const rows = pairNames.flatMap((name) => intervals.map((interval) => {
     (sched.onCpuNs / 1000 / pings).toFixed(0), (sched.waitNs / 1000 / pings).toFixed(0), (sched.slices / pings).toFixed(1),
     `${meanA.toFixed(2)}, ${meanB.toFixed(2)}`];
 }));
-const widths = header.map((h, col) => Math.max(h.length, ...rows.map((r) => r[col]!.length)));
-const line = (row: readonly string[]): string => row.map((c, col) => (col === 0 ? c.padEnd(widths[col]!) : c.padStart(widths[col]!))).join('  ');
-console.log([line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n'));
+console.log(formatColumns(header, rows));
 if (values.threads) {
   // Where the CPU time and the wake-ups of one ping go, thread by thread (both sides).
   for (const [key, byThread] of perPing) {

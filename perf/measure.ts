@@ -1,7 +1,8 @@
 // The pure parts of the lab instruments: for perf/compare.ts, the bounded search for the highest
 // UDP rate under a loss limit and readers for the kernel's and the daemon's own reports (UDP socket
 // error counters, process CPU time, pino warnings); for perf/hops.ts, the packet tracepoints and
-// the echoes they trace; a quantile for all. No I/O here, so each is tested on its own.
+// the echoes they trace; a quantile and a table layout for all. No I/O here, so each is tested on
+// its own.
 
 /** One trial of the UDP search: what was offered and what came out. */
 export interface RateTrial {
@@ -146,6 +147,17 @@ export function warningsIn(output: string): LogRecord[] {
 export function quantile(sorted: readonly number[], q: number): number {
   if (sorted.length === 0) return Number.NaN;
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
+}
+
+/**
+ * Lays out a table as the instruments print it: the first column left-aligned, the others
+ * right-aligned, columns two spaces apart, a rule of dashes under the header.
+ */
+export function formatColumns(header: readonly string[], rows: readonly (readonly string[])[]): string {
+  const widths = header.map((h, col) => Math.max(h.length, ...rows.map((row) => (row[col] ?? '').length)));
+  const line = (row: readonly string[]): string =>
+    widths.map((width, col) => (col === 0 ? (row[col] ?? '').padEnd(width) : (row[col] ?? '').padStart(width))).join('  ');
+  return [line(header), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
 }
 
 /** A packet event from `perf script -F comm,time,event,trace` over the net:* tracepoints. */

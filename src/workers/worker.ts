@@ -516,7 +516,7 @@ function turn(): void {
   reporter.maybeReport(allDrops, now);
   if (light && inbound !== 0) {
     // What this turn wrote to the TUN may have been answered already (the kernel runs a local
-    // service's reply, a ping's say, inside the write): read the queue before sleeping.
+    // service's reply, a ping's for one, inside the write): read the queue before sleeping.
     tunReady = true;
     socketReady = false;
     return;

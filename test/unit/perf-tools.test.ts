@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fold, frameName, parsePerfScript, renderFlameGraph, samplesByRoot, topFrames } from '../../perf/flame.ts';
-import { hopTimings, parseCpuTicks, parseNetEvents, parseSocketDrops, parseUdpErrors, searchHighestRate, warningsIn } from '../../perf/measure.ts';
+import { formatColumns, hopTimings, parseCpuTicks, parseNetEvents, parseSocketDrops, parseUdpErrors, searchHighestRate, warningsIn } from '../../perf/measure.ts';
 import type { RateTrial } from '../../perf/measure.ts';
 
 const SCRIPT = [
@@ -187,4 +187,14 @@ test('hopTimings follows each echo through the pair, leaving out one whose reply
     const rounded = Object.fromEntries(Object.entries(hop).map(([k, v]) => [k, Math.round(v)]));
     assert.deepEqual(rounded, { aOut: 200, bIn: 200, bReply: 15, bOut: 60, aIn: 125, total: 600 });
   }
+});
+
+test('formatColumns left-aligns the first column, right-aligns the rest and rules the header', () => {
+  const table = formatColumns(['pair', 'Mbit/s'], [['ztgate', '982'], ['wireguard-go', '54']]);
+  assert.equal(table, [
+    'pair          Mbit/s',
+    '------------  ------',
+    'ztgate           982',
+    'wireguard-go      54',
+  ].join('\n'));
 });
