@@ -2,14 +2,19 @@
 // (ztgate on A, wireguard-go on B) and the wireguard-go pair, back to back, each in a fresh lab
 // (two namespaces joined by veth, test/lab/lab.ts). Per pair:
 //
-//   ping RTT through the tunnel, and each daemon's CPU during those pings; idle CPU of each daemon
-//   over --idle-seconds, tunnel up and quiet for longer than ztgate's keep-warm window;
+//   the first ping after start, which carries the first handshake; then the median RTT of 20
+//   pings through the tunnel (-i 0.1), and each daemon's CPU during them; idle CPU of each daemon over --idle-seconds, tunnel
+//   up and quiet for longer than ztgate's keep-warm window;
 //   iperf3 TCP A→B and B→A for --seconds each; the highest UDP rate offered with < 1% loss, by a
 //   bounded doubling-then-bisection search of short runs (--udp-seconds each, ≤ --udp-trials);
 //   then a paced UDP run at half that rate for --seconds.
 //
-// Prints one table with ratios against the wireguard-go pair, and writes it as JSON to
-// perf/out/compare.json. As Firezone's performance CI does, it exits non-zero when a ztgate
+// With --rounds N, measures the pairs N times in turn (ztgate, mixed, wireguard-go, then again):
+// this machine's figures swing between runs (UDP most), so the table gives each figure's median
+// over the rounds, and the UDP search's result per round follows it.
+//
+// Prints one table with ratios against the wireguard-go pair, and writes every round's reports as
+// JSON to perf/out/compare.json. As Firezone's performance CI does, it exits non-zero when a ztgate
 // daemon logged a warning (pino level ≥ 40, anywhere in the run) or the kernel dropped datagrams
 // at a ztgate daemon's own UDP socket (the per-socket drops of /proc/net/udp{,6}) during the clean
 // phase: ping, idle and the paced run. The namespace-wide counters (RcvbufErrors, SndbufErrors in
@@ -19,10 +24,10 @@
 // saturate the path on purpose (TCP finds its rate by loss), so drops there are reported only.
 //
 //   node perf/compare.ts [--seconds 10] [--udp-seconds 3] [--udp-trials 6] [--idle-seconds 5]
-//                        [--workers 2] [--pairs ztgate,mixed,wireguard-go]
+//                        [--workers 2] [--pairs ztgate,mixed,wireguard-go] [--rounds 1]
 //
 // Needs root (namespaces), iperf3, ping and wireguard-go. The machine may be shared: compare the
-// columns of one run, and repeat.
+// columns of one run, and repeat (--rounds).
 import { mkdirSync, readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -32,6 +37,7 @@ import { DROP_REPORT_INTERVAL_MS } from '../src/control/messages.ts';
 import { parseKeepWarm } from '../src/main/daemon.ts';
 import { formatColumns, parseCpuTicks, parseSocketDrops, parseUdpErrors, searchHighestRate, warningsIn } from './measure.ts';
 import type { LogRecord, RateSearch, UdpErrorCounters } from './measure.ts';
+import { threadSchedStats } from './proc.ts';
 import { buildPair, dropsByReason, iperf3, latestDropCounts, parsePairings, ping, requireRoot, run, withLab } from '../test/lab/lab.ts';
 import type { Netns, Pair, Side } from '../test/lab/lab.ts';
 
@@ -58,6 +64,9 @@ interface SideReport {
 
 interface PairReport {
   readonly name: string;
+  /** The first ping after start: it waits for the first handshake. */
+  readonly firstPingMs: number | null;
+  /** The median RTT of the 20 pings after it. */
   readonly rttMs: number | null;
   readonly tcpForwardGbps: number;
   readonly tcpReverseGbps: number;
@@ -75,6 +84,7 @@ const { values } = parseArgs({
     'idle-seconds': { type: 'string', default: '5' },
     workers: { type: 'string', default: '2' },
     pairs: { type: 'string', default: 'ztgate,mixed,wireguard-go' },
+    rounds: { type: 'string', default: '1' },
     out: { type: 'string', default: join(REPO_ROOT, 'perf', 'out') },
   },
 });
@@ -83,8 +93,9 @@ const udpSeconds = Number(values['udp-seconds']);
 const udpTrials = Number(values['udp-trials']);
 const idleSeconds = Number(values['idle-seconds']);
 const workers = Number(values.workers);
+const rounds = Number(values.rounds);
 for (const [name, value, max] of [['seconds', seconds, 300], ['udp-seconds', udpSeconds, 60], ['udp-trials', udpTrials, 20],
-  ['idle-seconds', idleSeconds, 60], ['workers', workers, 64]] as const) {
+  ['idle-seconds', idleSeconds, 60], ['workers', workers, 64], ['rounds', rounds, 10]] as const) {
   if (!(Number.isInteger(value) && value >= 1 && value <= max)) throw new RangeError(`compare: --${name} must be an integer 1..${max}`);
 }
 
@@ -104,6 +115,11 @@ const clockTicks = Number((await run('getconf', ['CLK_TCK'])).stdout.trim()) || 
 
 function cpuTicks(pid: number): number {
   return parseCpuTicks(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+}
+
+/** CPU time of process `pid`'s threads in ns (schedstat: finer than the ticks, for short phases). */
+function cpuNs(pid: number): number {
+  return threadSchedStats(pid).reduce((sum, thread) => sum + thread.onCpuNs, 0);
 }
 
 /** The kernel's drop count summed over the UDP sockets process `pid` holds (threads share them). */
@@ -143,15 +159,16 @@ async function measurePair(name: string): Promise<PairReport> {
     const ownDrops = (): number[] => sides.map((s) => ownSocketDrops(s.daemon.process.pid) + countedSendErrors(s));
     const ownAtStart = ownDrops();
     progress(`${name}: ping`);
-    const ticksBeforePing = sides.map((s) => cpuTicks(s.daemon.process.pid));
+    const first = await ping(pair.a.ns, pair.b.tunnelV4, { count: 1, replyTimeoutS: 5, deadlineS: 6 });
+    const cpuBeforePing = sides.map((s) => cpuNs(s.daemon.process.pid));
     const pingStarted = performance.now();
     const rtt = await ping(pair.a.ns, pair.b.tunnelV4, { count: 20, intervalS: 0.1, replyTimeoutS: 2, deadlineS: 15 });
-    if (rtt.received === 0) {
+    if (first.received === 0 || rtt.received === 0) {
       const tails = sides.map((s) => `${s.daemon.implName}:\n${s.daemon.process.output().split('\n').slice(-8).join('\n')}`);
       throw new Error(`no ping reply through the tunnel; daemon output:\n${tails.join('\n')}`);
     }
     const pingSeconds = (performance.now() - pingStarted) / 1000;
-    const pingCpu = sides.map((s, i) => (100 * (cpuTicks(s.daemon.process.pid) - ticksBeforePing[i]!)) / clockTicks / pingSeconds);
+    const pingCpu = sides.map((s, i) => (100 * (cpuNs(s.daemon.process.pid) - cpuBeforePing[i]!)) / 1e9 / pingSeconds);
     progress(`${name}: idle CPU over ${idleSeconds} s`);
     // Idle means nothing moved for longer than ztgate's keep-warm window (its ticks are light-traffic CPU).
     await sleep(keepWarmMs + 1000);
@@ -208,7 +225,8 @@ async function measurePair(name: string): Promise<PairReport> {
     };
     return {
       name: name === 'wireguard-go' ? name : `${name} (${workers} workers)`,
-      rttMs: rtt.rttAvgMs,
+      firstPingMs: first.rttAvgMs,
+      rttMs: median(rtt.rttsMs),
       tcpForwardGbps: forward.gbps,
       tcpReverseGbps: reverse.gbps,
       udp,
@@ -222,15 +240,26 @@ function progress(what: string): void {
   process.stderr.write(`compare: ${what}\n`);
 }
 
-function formatTable(reports: readonly PairReport[]): string {
-  const baseline = reports.find((r) => r.name === 'wireguard-go');
+/** The median of the values that are not null; null when there are none. */
+function median(values: readonly (number | null)[]): number | null {
+  const known = values.filter((v): v is number => v !== null).sort((x, y) => x - y);
+  if (known.length === 0) return null;
+  const mid = Math.floor(known.length / 2);
+  return known.length % 2 === 1 ? known[mid]! : (known[mid - 1]! + known[mid]!) / 2;
+}
+
+/** One column per pair, each figure the median over that pair's rounds. */
+function formatTable(byPair: ReadonlyMap<string, readonly PairReport[]>): string {
+  const names = [...byPair.keys()];
+  const baseline = names.find((name) => name === 'wireguard-go');
   type Metric = { readonly label: string; readonly value: (r: PairReport) => number | null; readonly digits: number };
   const metrics: Metric[] = [
     { label: 'TCP A→B Gbit/s', value: (r) => r.tcpForwardGbps, digits: 3 },
     { label: 'TCP B→A Gbit/s', value: (r) => r.tcpReverseGbps, digits: 3 },
     { label: 'UDP max offered <1% loss Mbit/s', value: (r) => r.udp.bestMbps, digits: 0 },
     { label: 'UDP received at that rate Gbit/s', value: (r) => r.udp.receivedGbps, digits: 3 },
-    { label: 'ping RTT ms', value: (r) => r.rttMs, digits: 3 },
+    { label: 'first ping ms (waits for the handshake)', value: (r) => r.firstPingMs, digits: 3 },
+    { label: 'ping RTT ms, median of 20 after it', value: (r) => r.rttMs, digits: 3 },
     { label: 'CPU % of a core during the pings, A', value: (r) => r.sides[0].pingCpuPercent, digits: 2 },
     { label: 'CPU % of a core during the pings, B', value: (r) => r.sides[1].pingCpuPercent, digits: 2 },
     { label: 'idle CPU % of a core, side A', value: (r) => r.sides[0].idleCpuPercent, digits: 2 },
@@ -242,23 +271,39 @@ function formatTable(reports: readonly PairReport[]): string {
     { label: 'socket buf errors, UDP search (A+B)', value: (r) => totalErrors(r, 'searchSocketErrors'), digits: 0 },
     { label: 'ztgate warnings (level ≥ 40)', value: (r) => r.sides[0].warnings.length + r.sides[1].warnings.length, digits: 0 },
   ];
-  const ratioMetrics = new Set(metrics.slice(0, 7).map((m) => m.label));
-  const header = ['', ...reports.map((r) => r.name)];
-  const others = baseline === undefined ? [] : reports.filter((r) => r !== baseline);
-  for (const r of others) header.push(`${r.name.split(' ')[0]} / wg-go`);
+  const ratioMetrics = new Set(metrics.slice(0, 8).map((m) => m.label));
+  const label = (name: string): string => (name === 'wireguard-go' ? name : `${name} (${workers} workers)`);
+  const header = ['', ...names.map(label)];
+  const others = baseline === undefined ? [] : names.filter((name) => name !== baseline);
+  for (const name of others) header.push(`${name} / wg-go`);
   const rows = metrics.map((m) => {
-    const cells = [m.label, ...reports.map((r) => {
-      const v = m.value(r);
+    const value = (name: string): number | null => median((byPair.get(name) ?? []).map(m.value));
+    const cells = [m.label, ...names.map((name) => {
+      const v = value(name);
       return v === null ? 'n/a' : v.toFixed(m.digits);
     })];
-    for (const r of others) {
-      const v = m.value(r);
-      const base = baseline === undefined ? null : m.value(baseline);
+    for (const name of others) {
+      const v = value(name);
+      const base = baseline === undefined ? null : value(baseline);
       cells.push(ratioMetrics.has(m.label) && v !== null && base !== null && base > 0 ? `×${(v / base).toFixed(2)}` : '');
     }
     return cells;
   });
   return formatColumns(header, rows);
+}
+
+/** Each round's UDP search result per pair, and its ratio to the wireguard-go pair's in that round. */
+function formatUdpRounds(byRound: readonly (readonly PairReport[])[]): string {
+  const lines = ['UDP max offered <1% loss, Mbit/s, per round:'];
+  for (const [k, reports] of byRound.entries()) {
+    const baseline = reports.find((r) => r.name === 'wireguard-go');
+    const cells = reports.map((r) => {
+      const ratio = baseline === undefined || r === baseline || baseline.udp.bestMbps <= 0 ? '' : ` (×${(r.udp.bestMbps / baseline.udp.bestMbps).toFixed(2)})`;
+      return `${r.name} ${r.udp.bestMbps.toFixed(0)}${ratio}`;
+    });
+    lines.push(`  round ${k + 1}: ${cells.join(', ')}`);
+  }
+  return lines.join('\n');
 }
 
 function totalErrors(r: PairReport, which: 'cleanSocketErrors' | 'tcpSocketErrors' | 'searchSocketErrors'): number {
@@ -267,22 +312,34 @@ function totalErrors(r: PairReport, which: 'cleanSocketErrors' | 'tcpSocketError
 
 await requireRoot();
 console.log(describeMachine());
-console.log(`iperf3 ${seconds} s per TCP run, UDP search ≤ ${udpTrials} × ${udpSeconds} s, idle CPU over ${idleSeconds} s`);
-const reports: PairReport[] = [];
+console.log(`iperf3 ${seconds} s per TCP run, UDP search ≤ ${udpTrials} × ${udpSeconds} s, idle CPU over ${idleSeconds} s, ` +
+  `${rounds} round${rounds === 1 ? '' : 's'}`);
+const pairNames = values.pairs.split(',').map((p) => p.trim()).filter(Boolean);
+const byRound: PairReport[][] = [];
+const byPair = new Map<string, PairReport[]>(pairNames.map((name) => [name, []]));
 const failures: string[] = [];
-for (const name of values.pairs.split(',').map((p) => p.trim()).filter(Boolean)) {
-  try {
-    reports.push(await measurePair(name));
-  } catch (error) {
-    failures.push(`${name}: ${(error as Error).message}`);
+for (let round = 1; round <= rounds; round++) {
+  if (rounds > 1) progress(`round ${round} of ${rounds}`);
+  const reports: PairReport[] = [];
+  for (const name of pairNames) {
+    try {
+      const report = await measurePair(name);
+      reports.push(report);
+      byPair.get(name)!.push(report);
+    } catch (error) {
+      failures.push(`${name}, round ${round}: ${(error as Error).message}`);
+    }
   }
+  byRound.push(reports);
 }
-console.log(formatTable(reports));
+if (rounds > 1) console.log(`medians over ${rounds} rounds:`);
+console.log(formatTable(byPair));
+if (rounds > 1) console.log(formatUdpRounds(byRound));
 mkdirSync(values.out, { recursive: true });
-writeFileSync(join(values.out, 'compare.json'), `${JSON.stringify({ machine: describeMachine(), reports }, null, 2)}\n`);
+writeFileSync(join(values.out, 'compare.json'), `${JSON.stringify({ machine: describeMachine(), rounds: byRound }, null, 2)}\n`);
 
 // Firezone-style gate: a clean run of ztgate logs no warnings and its socket drops nothing.
-for (const report of reports) {
+for (const report of byRound.flat()) {
   for (const [i, side] of report.sides.entries()) {
     if (!side.impl.startsWith('ztgate')) continue;
     const label = `${report.name}, side ${i === 0 ? 'A' : 'B'}`;

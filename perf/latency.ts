@@ -18,12 +18,13 @@
 // Needs root (namespaces), ping and wireguard-go. Bounded: every ping has a deadline, and each lab
 // removes its namespaces and daemons when its pair is done, even on failure.
 import { parseArgs } from 'node:util';
-import { readFileSync, readdirSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describeMachine } from '../bench/harness.ts';
-import { formatColumns, parseCpuTicks, quantile } from './measure.ts';
+import { formatColumns, parseCpuTicks, quantile, type SchedStat } from './measure.ts';
+import { threadSchedStats } from './proc.ts';
 import { parseKeepWarm } from '../src/main/daemon.ts';
-import { buildPair, parsePairings, requireRoot, run, withLab } from '../test/lab/lab.ts';
+import { buildPair, parsePairings, ping, requireRoot, run, withLab } from '../test/lab/lab.ts';
 import type { Netns } from '../test/lab/lab.ts';
 
 const { values } = parseArgs({
@@ -55,12 +56,9 @@ for (const interval of intervals) {
 }
 const pairNames = values.pairs.split(',').map((p) => p.trim()).filter(Boolean);
 
-/** Every reply's RTT in ms, in order (ping's per-reply `time=` lines). */
-async function pingTimes(ns: Netns, target: string, n: number, intervalS: number): Promise<number[]> {
-  const deadlineS = Math.ceil(n * intervalS + 3);
-  const result = await ns.exec('ping', ['-n', '-c', String(n), '-i', String(intervalS), '-W', '1', '-w', String(deadlineS), target],
-    { check: false, timeoutMs: (deadlineS + 5) * 1000 });
-  return [...result.stdout.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1]));
+/** Every reply's RTT in ms, in order. */
+async function pingTimes(ns: Netns, target: string, n: number, intervalS: number): Promise<readonly number[]> {
+  return (await ping(ns, target, { count: n, intervalS, replyTimeoutS: 1, deadlineS: Math.ceil(n * intervalS + 3) })).rttsMs;
 }
 
 /** The daemons' keep-warm window: they read the same environment variable. */
@@ -69,11 +67,10 @@ const clockTicks = Number((await run('getconf', ['CLK_TCK'])).stdout.trim()) || 
 const cpuSeconds = (pid: number): number => parseCpuTicks(readFileSync(`/proc/${pid}/stat`, 'utf8')) / clockTicks;
 
 /**
- * Per thread, from /proc/PID/task/TID/schedstat (ns resolution, unlike /proc/PID/stat's ticks):
- * time on a CPU, time runnable but waiting for one, and how many times it was switched in — for
- * threads that sleep between packets, their wake-ups. Summed by side and thread name.
+ * Per thread (perf/proc.ts): time on a CPU, time runnable but waiting for one, and how many times
+ * it was switched in — for threads that sleep between packets, their wake-ups. Summed by side and
+ * thread name.
  */
-type SchedStat = { onCpuNs: number; waitNs: number; slices: number };
 const ZERO: SchedStat = { onCpuNs: 0, waitNs: 0, slices: 0 };
 
 function addStat(into: Map<string, SchedStat>, key: string, x: SchedStat, sign = 1): void {
@@ -84,18 +81,9 @@ function addStat(into: Map<string, SchedStat>, key: string, x: SchedStat, sign =
 function schedStats(pids: readonly number[]): Map<string, SchedStat> {
   const byThread = new Map<string, SchedStat>();
   for (const [side, pid] of pids.entries()) {
-    for (const tid of readdirSync(`/proc/${pid}/task`)) {
-      let comm: string;
-      let fields: number[];
-      try {
-        comm = readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
-        fields = readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').trim().split(' ').map(Number);
-      } catch {
-        continue; // the thread exited in between
-      }
+    for (const thread of threadSchedStats(pid)) {
       // Node names a worker thread after its script, cut to 15 characters: "../workers/tun-".
-      const name = `${side === 0 ? 'A' : 'B'} ${comm.replace('../workers/', '')}`;
-      addStat(byThread, name, { onCpuNs: fields[0] ?? 0, waitNs: fields[1] ?? 0, slices: fields[2] ?? 0 });
+      addStat(byThread, `${side === 0 ? 'A' : 'B'} ${thread.comm.replace('../workers/', '')}`, thread);
     }
   }
   return byThread;

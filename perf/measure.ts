@@ -1,6 +1,6 @@
 // The pure parts of the lab instruments: for perf/compare.ts, the bounded search for the highest
 // UDP rate under a loss limit and readers for the kernel's and the daemon's own reports (UDP socket
-// error counters, process CPU time, pino warnings); for perf/hops.ts, the packet tracepoints and
+// error counters, process and thread CPU time, pino warnings); for perf/hops.ts, the packet tracepoints and
 // the echoes they trace; a quantile and a table layout for all. No I/O here, so each is tested on
 // its own.
 
@@ -108,6 +108,19 @@ export function parseSocketDrops(table: string, inodes: ReadonlySet<number>): nu
     if (inodes.has(inode)) drops += Number(fields.at(-1));
   }
   return drops;
+}
+
+/** A thread's /proc/PID/task/TID/schedstat: ns on a CPU, ns runnable but waiting, times switched in. */
+export interface SchedStat {
+  readonly onCpuNs: number;
+  readonly waitNs: number;
+  readonly slices: number;
+}
+
+export function parseSchedStat(text: string): SchedStat {
+  const [onCpuNs, waitNs, slices] = text.trim().split(' ').map(Number);
+  if (!Number.isFinite(onCpuNs) || !Number.isFinite(waitNs) || !Number.isFinite(slices)) throw new Error('perf: unreadable schedstat');
+  return { onCpuNs: onCpuNs!, waitNs: waitNs!, slices: slices! };
 }
 
 /** User + system CPU time in clock ticks from /proc/PID/stat (fields 14 and 15). */

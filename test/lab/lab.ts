@@ -748,6 +748,8 @@ export type PingResult = {
   readonly received: number;
   readonly lossPercent: number;
   readonly rttAvgMs: number | null;
+  /** Each reply's RTT in ms, in the order they came (ping's per-reply `time=`). */
+  readonly rttsMs: readonly number[];
   /** ping's complaints (e.g. "message too long"), if any. */
   readonly errors: string;
 };
@@ -775,6 +777,7 @@ export async function ping(ns: Netns, target: string, options: PingOptions = {})
     received,
     lossPercent: transmitted === 0 ? 100 : (100 * (transmitted - received)) / transmitted,
     rttAvgMs: rtt?.[1] === undefined ? null : Number(rtt[1]),
+    rttsMs: [...result.stdout.matchAll(/time=([\d.]+) ms/g)].map((m) => Number(m[1])),
     errors: result.stderr.trim(),
   };
 }

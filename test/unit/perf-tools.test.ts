@@ -3,7 +3,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fold, frameName, parsePerfScript, renderFlameGraph, samplesByRoot, topFrames } from '../../perf/flame.ts';
-import { formatColumns, hopTimings, parseCpuTicks, parseNetEvents, parseSocketDrops, parseUdpErrors, searchHighestRate, warningsIn } from '../../perf/measure.ts';
+import {
+  formatColumns, hopTimings, parseCpuTicks, parseNetEvents, parseSchedStat, parseSocketDrops, parseUdpErrors, searchHighestRate, warningsIn,
+} from '../../perf/measure.ts';
 import type { RateTrial } from '../../perf/measure.ts';
 
 const SCRIPT = [
@@ -135,6 +137,12 @@ test('parseCpuTicks reads utime + stime even when the command name has spaces an
   fields[12] = '40';
   assert.equal(parseCpuTicks(`1234 (we (ird) name) ${fields.join(' ')}`), 290);
   assert.throws(() => parseCpuTicks('1234 (x) S'), /unreadable/);
+});
+
+test('parseSchedStat reads ns on a CPU, ns waiting and slices, and refuses anything else', () => {
+  assert.deepEqual(parseSchedStat('123456789 2000 42\n'), { onCpuNs: 123456789, waitNs: 2000, slices: 42 });
+  assert.throws(() => parseSchedStat('123 456'), /unreadable/);
+  assert.throws(() => parseSchedStat(''), /unreadable/);
 });
 
 test('warningsIn keeps pino records at level 40 and above, ignoring other output', () => {
