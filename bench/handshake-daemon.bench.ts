@@ -22,7 +22,7 @@
 import { createSocket } from 'node:dgram';
 import { readdir, readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parseArgs } from 'node:util';
+import { parseToolArgs } from '../test/support/tool-args.ts';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { CookieChecker, CookieGenerator } from '../src/wireguard/cookie.ts';
 import {
@@ -381,7 +381,7 @@ function lastDropRecords(output: string): Record<string, Record<string, number>>
 }
 
 async function runBench(): Promise<void> {
-  const { values } = parseArgs({
+  const values = parseToolArgs(import.meta.filename, {
     options: {
       peers: { type: 'string', default: '10000' },
       workers: { type: 'string', default: '2' },

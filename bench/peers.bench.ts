@@ -9,13 +9,13 @@
 //   node bench/peers.bench.ts [--peers N] [--workers N] [--settle-ms MS] [--rounds N]
 import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parseArgs } from 'node:util';
+import { parseToolArgs } from '../test/support/tool-args.ts';
 import { keyToBase64, generatePrivateKey, publicKeyOf } from '../src/wireguard/keys.ts';
 import type { PeerConfig } from '../test/lab/lab.ts';
 import { requireRoot, withLab, wg, wgSetconf, wgShowDump, ztgate } from '../test/lab/lab.ts';
 import { describeMachine } from './harness.ts';
 
-const { values } = parseArgs({
+const values = parseToolArgs(import.meta.filename, {
   options: {
     peers: { type: 'string', default: '10000' },
     workers: { type: 'string', default: '2' },

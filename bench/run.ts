@@ -8,7 +8,7 @@
 // (aead, ring, path, allocations, handshakes, allowedips, scaling).
 // The machine is printed first: the numbers mean little without it, and on a shared machine the
 // load average says how much to trust them.
-import { parseArgs } from 'node:util';
+import { parseToolArgs } from '../test/support/tool-args.ts';
 import { aeadCases } from './aead.bench.ts';
 import { allowedIpsCases } from './allowedips.bench.ts';
 import { allocationRows, datapathCases, scalingCases } from './datapath.bench.ts';
@@ -20,7 +20,7 @@ import { ringCases } from './ring.bench.ts';
 const GROUPS = ['aead', 'ring', 'path', 'allocations', 'handshakes', 'allowedips', 'scaling'] as const;
 type Group = (typeof GROUPS)[number];
 
-const { values } = parseArgs({
+const values = parseToolArgs(import.meta.filename, {
   options: {
     time: { type: 'string', default: '1500' },
     'alloc-packets': { type: 'string', default: '1000000' },

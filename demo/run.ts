@@ -4,23 +4,17 @@
 //
 //   node demo/run.ts [--impl ztgate|wireguard-go|mixed] [--workers N] [--seconds S]
 
-import { parseArgs } from 'node:util';
+import { parseToolArgs } from '../test/support/tool-args.ts';
 import { buildPair, iperf3, ping, requireRoot, wgShowDump, wireguardGo, withLab, ztgate } from '../test/lab/lab.ts';
 import type { ImplPairing } from '../test/lab/lab.ts';
 
-const { values } = parseArgs({
+const values = parseToolArgs(import.meta.filename, {
   options: {
     impl: { type: 'string', default: 'ztgate' },
     workers: { type: 'string', default: '2' },
     seconds: { type: 'string', default: '5' },
-    help: { type: 'boolean', short: 'h', default: false },
   },
 });
-
-if (values.help) {
-  console.log('usage: node demo/run.ts [--impl ztgate|wireguard-go|mixed] [--workers N] [--seconds S]');
-  process.exit(0);
-}
 
 function pairingFor(impl: string, workers: number): ImplPairing {
   switch (impl) {

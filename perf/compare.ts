@@ -30,7 +30,7 @@
 // columns of one run, and repeat (--rounds).
 import { mkdirSync, readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
+import { parseToolArgs } from '../test/support/tool-args.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describeMachine } from '../bench/harness.ts';
 import { DROP_REPORT_INTERVAL_MS } from '../src/control/messages.ts';
@@ -76,7 +76,7 @@ interface PairReport {
   readonly sides: readonly [SideReport, SideReport];
 }
 
-const { values } = parseArgs({
+const values = parseToolArgs(import.meta.filename, {
   options: {
     seconds: { type: 'string', default: '10' },
     'udp-seconds': { type: 'string', default: '3' },

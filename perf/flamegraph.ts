@@ -11,7 +11,7 @@
 // Needs root (namespaces) and perf (Debian: apt-get install linux-perf).
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
+import { parseToolArgs } from '../test/support/tool-args.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fold, parsePerfScript, renderFlameGraph, samplesByRoot, topFrames } from './flame.ts';
 import type { Sample } from './flame.ts';
@@ -44,7 +44,7 @@ function impls(name: string, workers: number): { a: WgImpl; b: WgImpl } {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({
+  const values = parseToolArgs(import.meta.filename, {
     options: {
       impl: { type: 'string', default: 'ztgate' },
       workers: { type: 'string', default: '2' },

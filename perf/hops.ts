@@ -21,13 +21,13 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
+import { parseToolArgs } from '../test/support/tool-args.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describeMachine } from '../bench/harness.ts';
 import { formatColumns, hopTimings, parseNetEvents, quantile, type PingHops } from './measure.ts';
 import { buildPair, parsePairings, ping, requireRoot, run, withLab } from '../test/lab/lab.ts';
 
-const { values } = parseArgs({
+const values = parseToolArgs(import.meta.filename, {
   options: {
     count: { type: 'string', default: '30' },
     interval: { type: 'string', default: '0.2' },

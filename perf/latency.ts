@@ -17,7 +17,7 @@
 //
 // Needs root (namespaces), ping and wireguard-go. Bounded: every ping has a deadline, and each lab
 // removes its namespaces and daemons when its pair is done, even on failure.
-import { parseArgs } from 'node:util';
+import { parseToolArgs } from '../test/support/tool-args.ts';
 import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describeMachine } from '../bench/harness.ts';
@@ -27,7 +27,7 @@ import { parseKeepWarm } from '../src/main/daemon.ts';
 import { buildPair, parsePairings, ping, requireRoot, run, withLab } from '../test/lab/lab.ts';
 import type { Netns } from '../test/lab/lab.ts';
 
-const { values } = parseArgs({
+const values = parseToolArgs(import.meta.filename, {
   options: {
     count: { type: 'string', default: '30' },
     intervals: { type: 'string', default: '0.2,1' },
