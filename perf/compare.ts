@@ -3,8 +3,8 @@
 // (two namespaces joined by veth, test/lab/lab.ts). Per pair:
 //
 //   the first ping after start, which carries the first handshake; then the median RTT of 20
-//   pings through the tunnel (-i 0.1), and each daemon's CPU during them; idle CPU of each daemon over --idle-seconds, tunnel
-//   up and quiet for longer than ztgate's keep-warm window;
+//   pings through the tunnel (-i 0.1), and each daemon's CPU during them; idle CPU of each
+//   daemon over --idle-seconds, tunnel up and quiet for longer than ztgate's keep-warm window;
 //   iperf3 TCP A→B and B→A for --seconds each; the highest UDP rate offered with < 1% loss, by a
 //   bounded doubling-then-bisection search of short runs (--udp-seconds each, ≤ --udp-trials);
 //   then a paced UDP run at half that rate for --seconds.

@@ -1,8 +1,8 @@
 // The pure parts of the lab instruments: for perf/compare.ts, the bounded search for the highest
 // UDP rate under a loss limit and readers for the kernel's and the daemon's own reports (UDP socket
-// error counters, process and thread CPU time, pino warnings); for perf/hops.ts, the packet tracepoints and
-// the echoes they trace; a quantile and a table layout for all. No I/O here, so each is tested on
-// its own.
+// error counters, process and thread CPU time, pino warnings); for perf/hops.ts, the packet
+// tracepoints and the echoes they trace; a quantile and a table layout for all. No I/O here, so
+// each is tested on its own.
 
 /** One trial of the UDP search: what was offered and what came out. */
 export interface RateTrial {

@@ -11,12 +11,17 @@ export interface ThreadSchedStat extends SchedStat {
 export function threadSchedStats(pid: number): ThreadSchedStat[] {
   const threads: ThreadSchedStat[] = [];
   for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    let comm: string;
+    let schedstat: string;
     try {
-      const comm = readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
-      threads.push({ comm, ...parseSchedStat(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8')) });
-    } catch {
-      continue; // the thread exited in between
+      comm = readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
+      schedstat = readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8');
+    } catch (error) {
+      // The thread exited between the listing and the reads.
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT' || (error as NodeJS.ErrnoException).code === 'ESRCH') continue;
+      throw error;
     }
+    threads.push({ comm, ...parseSchedStat(schedstat) });
   }
   return threads;
 }
