@@ -35,7 +35,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { describeMachine } from '../bench/harness.ts';
 import { DROP_REPORT_INTERVAL_MS } from '../src/control/messages.ts';
 import { parseKeepWarm } from '../src/main/daemon.ts';
-import { formatColumns, parseCpuTicks, parseSocketDrops, parseUdpErrors, searchHighestRate, warningsIn } from './measure.ts';
+import { formatColumns, median, parseCpuTicks, parseSocketDrops, parseUdpErrors, searchHighestRate, warningsIn } from './measure.ts';
 import type { LogRecord, RateSearch, UdpErrorCounters } from './measure.ts';
 import { threadSchedStats } from './proc.ts';
 import { buildPair, dropsByReason, iperf3, latestDropCounts, parsePairings, ping, requireRoot, run, withLab } from '../test/lab/lab.ts';
@@ -224,7 +224,7 @@ async function measurePair(name: string): Promise<PairReport> {
       };
     };
     return {
-      name: name === 'wireguard-go' ? name : `${name} (${workers} workers)`,
+      name: pairLabel(name),
       firstPingMs: first.rttAvgMs,
       rttMs: median(rtt.rttsMs),
       tcpForwardGbps: forward.gbps,
@@ -240,12 +240,9 @@ function progress(what: string): void {
   process.stderr.write(`compare: ${what}\n`);
 }
 
-/** The median of the values that are not null; null when there are none. */
-function median(values: readonly (number | null)[]): number | null {
-  const known = values.filter((v): v is number => v !== null).sort((x, y) => x - y);
-  if (known.length === 0) return null;
-  const mid = Math.floor(known.length / 2);
-  return known.length % 2 === 1 ? known[mid]! : (known[mid - 1]! + known[mid]!) / 2;
+/** A pair's name in the table and the reports: ztgate's pairings say how many workers they ran. */
+function pairLabel(name: string): string {
+  return name === 'wireguard-go' ? name : `${name} (${workers} workers)`;
 }
 
 /** One column per pair, each figure the median over that pair's rounds. */
@@ -272,8 +269,7 @@ function formatTable(byPair: ReadonlyMap<string, readonly PairReport[]>): string
     { label: 'ztgate warnings (level ≥ 40)', value: (r) => r.sides[0].warnings.length + r.sides[1].warnings.length, digits: 0 },
   ];
   const ratioMetrics = new Set(metrics.slice(0, 8).map((m) => m.label));
-  const label = (name: string): string => (name === 'wireguard-go' ? name : `${name} (${workers} workers)`);
-  const header = ['', ...names.map(label)];
+  const header = ['', ...names.map(pairLabel)];
   const others = baseline === undefined ? [] : names.filter((name) => name !== baseline);
   for (const name of others) header.push(`${name} / wg-go`);
   const rows = metrics.map((m) => {

@@ -1,8 +1,8 @@
 // The pure parts of the lab instruments: for perf/compare.ts, the bounded search for the highest
 // UDP rate under a loss limit and readers for the kernel's and the daemon's own reports (UDP socket
 // error counters, process and thread CPU time, pino warnings); for perf/hops.ts, the packet
-// tracepoints and the echoes they trace; a quantile and a table layout for all. No I/O here, so
-// each is tested on its own.
+// tracepoints and the echoes they trace; a quantile, a median and a table layout for all. No I/O
+// here, so each is tested on its own.
 
 /** One trial of the UDP search: what was offered and what came out. */
 export interface RateTrial {
@@ -160,6 +160,17 @@ export function warningsIn(output: string): LogRecord[] {
 export function quantile(sorted: readonly number[], q: number): number {
   if (sorted.length === 0) return Number.NaN;
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
+}
+
+/**
+ * The median of the values that are not null (the mean of the middle two for an even count); null
+ * when there are none.
+ */
+export function median(values: readonly (number | null)[]): number | null {
+  const known = values.filter((v): v is number => v !== null).sort((x, y) => x - y);
+  if (known.length === 0) return null;
+  const mid = Math.floor(known.length / 2);
+  return known.length % 2 === 1 ? known[mid]! : (known[mid - 1]! + known[mid]!) / 2;
 }
 
 /**

@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { fold, frameName, parsePerfScript, renderFlameGraph, samplesByRoot, topFrames } from '../../perf/flame.ts';
 import {
-  formatColumns, hopTimings, parseCpuTicks, parseNetEvents, parseSchedStat, parseSocketDrops, parseUdpErrors, searchHighestRate, warningsIn,
+  formatColumns, hopTimings, median, parseCpuTicks, parseNetEvents, parseSchedStat, parseSocketDrops, parseUdpErrors, searchHighestRate, warningsIn,
 } from '../../perf/measure.ts';
 import type { RateTrial } from '../../perf/measure.ts';
 
@@ -205,4 +205,11 @@ test('formatColumns left-aligns the first column, right-aligns the rest and rule
     'ztgate           982',
     'wireguard-go      54',
   ].join('\n'));
+});
+
+test('median takes the middle value, or the mean of the middle two, and skips missing values', () => {
+  assert.equal(median([3, null, 1, 2]), 2);
+  assert.equal(median([4, 1, 3, 2]), 2.5);
+  assert.equal(median([null]), null);
+  assert.equal(median([]), null);
 });
